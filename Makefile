@@ -1,0 +1,47 @@
+# basewatch: two commands for a new user (`make demo`, `make test`), plus lint and bench.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-fast lint format bench clean install
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Pinned install: uv when it can be had (fast), pip otherwise; same lock file either way.
+$(STAMP): pyproject.toml requirements.lock | $(BIN)/python
+	@echo "installing basewatch and its pinned dependencies into $(VENV) ..."
+	@if $(BIN)/python -m pip install -q --disable-pip-version-check uv >/dev/null 2>&1; then \
+	  $(BIN)/python -m uv pip install -q --python $(BIN)/python -r requirements.lock -e ".[dev]"; \
+	else \
+	  $(BIN)/python -m pip install -q -r requirements.lock -e ".[dev]"; \
+	fi
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@export PATH="$(CURDIR)/$(BIN):$$PATH"; dvc repro
+	@$(BIN)/basewatch where
+
+test: $(STAMP)
+	@$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	@$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests benchmarks
+	$(BIN)/ruff format --check pipeline tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format pipeline tests benchmarks
+	$(BIN)/ruff check --fix pipeline tests benchmarks
+
+bench: $(STAMP)
+	@echo "no benchmarks yet"
+
+clean:
+	rm -rf demo_catalog data reports metrics dvc_plots .dvc/tmp .dvc/cache

@@ -1,0 +1,259 @@
+"""Typed configuration, read once from ``configs/*.yaml`` and validated at the edge.
+
+Inside the pipeline code gets :class:`Config` objects, never dicts. Unknown keys are errors
+(``extra="forbid"``), so a typo in a config file is reported, not ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+DEFAULT_CONFIG = Path("configs/params.yaml")
+"""Config used when none is given (relative to the project root)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CatalogConfig(_Strict):
+    """Where scenes come from."""
+
+    url: str = Field(
+        "demo_catalog/catalog.json",
+        description="A STAC API URL (http/https) or the path of a local static catalog.json.",
+    )
+    collection: str = Field("sentinel-2-l2a", description="Collection id to search.")
+    max_cloud_cover: float = Field(
+        80.0, ge=0, le=100, description="Drop Items whose eo:cloud_cover (percent) is higher."
+    )
+    max_items: int = Field(2000, gt=0, description="Stop searching after this many Items.")
+
+
+class DatesConfig(_Strict):
+    """The period to search, inclusive."""
+
+    start: dt.date = Field(dt.date(2024, 11, 1), description="First day of the period.")
+    end: dt.date = Field(dt.date(2025, 1, 31), description="Last day of the period.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DatesConfig:
+        if self.end < self.start:
+            raise ValueError(
+                f"dates.end {self.end} is before dates.start {self.start}: swap them"
+            )
+        return self
+
+
+class LoadConfig(_Strict):
+    """How Items become a cube on the site grid."""
+
+    resolution_m: float = Field(10.0, gt=0, description="Pixel size of the site grid, metres.")
+    bands: tuple[str, ...] = Field(
+        ("blue", "green", "red", "nir", "swir16", "swir22"),
+        description="Bands to load, in the project's vocabulary (Earth Search v1 asset keys).",
+    )
+    min_valid_fraction: float = Field(
+        0.25, ge=0, le=1, description="Drop a date when less of its AOI than this is valid."
+    )
+    cloud_dilation_px: int = Field(
+        3, ge=0, description="Grow the SCL cloud and shadow mask by this many pixels."
+    )
+    chunk_px: int = Field(512, gt=0, description="Spatial chunk size of the lazy cube.")
+
+
+class CoregisterConfig(_Strict):
+    """Sub-pixel co-registration of each date to a reference date."""
+
+    band: str = Field("nir", description="Band the shift is estimated on.")
+    upsample: int = Field(100, ge=1, description="Upsampling factor of the phase correlation.")
+    max_shift_px: float = Field(
+        4.0, gt=0, description="A larger estimated shift marks the date failed."
+    )
+    min_valid_fraction: float = Field(
+        0.2, ge=0, le=1, description="Fewer valid pixels shared with the reference: failed."
+    )
+    min_quality: float = Field(
+        0.3, ge=0, le=1, description="Lower correlation quality than this marks the date failed."
+    )
+
+
+class DetectConfig(_Strict):
+    """The change core."""
+
+    false_alarm_rate: float = Field(
+        1e-5,
+        gt=0,
+        lt=1,
+        description="Per-pixel probability that an unchanged pixel passes the seed threshold, "
+        "under the noise model estimated from the data itself.",
+    )
+    grow_false_alarm_rate: float = Field(
+        1e-2,
+        gt=0,
+        lt=1,
+        description="Per-pixel false-alarm rate of the lower (hysteresis) threshold that grows "
+        "seeds into whole objects.",
+    )
+    min_area_m2: float = Field(
+        300.0, ge=0, description="Drop change regions smaller than this area."
+    )
+
+
+class EvaluateConfig(_Strict):
+    """Scoring against ground truth, where it exists (the demo catalog)."""
+
+    min_object_size_m: float = Field(
+        30.0, ge=0, description="Truth objects smaller than this (longest side) are not scored."
+    )
+
+
+class DemoConfig(_Strict):
+    """The generated demo catalog."""
+
+    out: str = Field("demo_catalog", description="Folder the demo catalog is written to.")
+    seed: int = Field(20241208, description="Seed of the generator; same seed, same catalog.")
+
+
+class Config(_Strict):
+    """The whole configuration of a run."""
+
+    sites: tuple[str, ...] = Field(("khmeimim", "tartus"), description="Sites to process.")
+    catalog: CatalogConfig = CatalogConfig()
+    dates: DatesConfig = DatesConfig()
+    load: LoadConfig = LoadConfig()
+    coregister: CoregisterConfig = CoregisterConfig()
+    detect: DetectConfig = DetectConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    demo: DemoConfig = DemoConfig()
+    data_dir: str = Field("data", description="Folder of per-site intermediate outputs.")
+    reports_dir: str = Field("reports", description="Folder of per-site HTML reports.")
+    metrics_dir: str = Field("metrics", description="Folder of per-site metrics files.")
+    seeds_dir: str = Field("seeds", description="Folder holding sites/ and scenario/.")
+    kind: Literal["basewatch-config"] = Field(
+        "basewatch-config", description="Marks the file as a basewatch config."
+    )
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}': remove it or check its spelling"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"key '{key}': {msg}"
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate a config file.
+
+    Parameters
+    ----------
+    path
+        YAML file; ``configs/params.yaml`` when None. A missing default file gives the defaults.
+
+    Returns
+    -------
+    Config
+        The validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        With a one-line message naming the file and the key at fault.
+    """
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    if not p.exists():
+        if path is None:
+            return Config()
+        raise ConfigError(f"config file {p} does not exist: give an existing --config path")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}{where}: not valid YAML: fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot be read ({exc}): check the path") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of keys, not {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{p}: {_first_error(exc)}") from None
+
+
+class SitePaths(BaseModel):
+    """Where each stage of one site reads and writes (relative to the project root)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    site: str
+    data: Path
+    reports: Path
+    metrics_dir: Path
+
+    @property
+    def items(self) -> Path:
+        """Search output: the Items of the site, sorted (a STAC ItemCollection)."""
+        return self.data / "items.json"
+
+    @property
+    def cube(self) -> Path:
+        """Load output: the cube on the site grid (zarr)."""
+        return self.data / "cube.zarr"
+
+    @property
+    def load_report(self) -> Path:
+        """Load output: dates kept and dropped, with why."""
+        return self.data / "load.json"
+
+    @property
+    def aligned(self) -> Path:
+        """Co-register output: the cube with every kept date aligned to the reference (zarr)."""
+        return self.data / "aligned.zarr"
+
+    @property
+    def coreg(self) -> Path:
+        """Co-register output: shift, quality and status per date."""
+        return self.data / "coreg.json"
+
+    @property
+    def detections(self) -> Path:
+        """Detect output: one GeoJSON Feature per detected object, lon/lat."""
+        return self.data / "detections.geojson"
+
+    @property
+    def change(self) -> Path:
+        """Detect output: change score and labels per date pair (zarr)."""
+        return self.data / "change.zarr"
+
+    @property
+    def report_html(self) -> Path:
+        """Report output: the site's HTML report."""
+        return self.reports / "index.html"
+
+    @property
+    def metrics(self) -> Path:
+        """Evaluate output: the site's metrics."""
+        return self.metrics_dir / f"{self.site}.json"
+
+
+def site_paths(cfg: Config, site: str, root: str | Path = ".") -> SitePaths:
+    """Paths of every stage output of ``site`` under ``root``."""
+    r = Path(root)
+    return SitePaths(
+        site=site,
+        data=r / cfg.data_dir / site,
+        reports=r / cfg.reports_dir / site,
+        metrics_dir=r / cfg.metrics_dir,
+    )

@@ -1,0 +1,211 @@
+"""The ``basewatch`` command: thin wrappers over :mod:`pipeline.stages`.
+
+Every error a user can cause is reported as one line on stderr with its own exit code
+(:data:`pipeline.errors.EXIT_CODES`); ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.config import Config, load_config
+from pipeline.errors import BasewatchError
+
+INTERNAL_ERROR_EXIT = 70
+"""Exit code of an unexpected failure (a bug): report it with the ``--debug`` traceback."""
+
+app = typer.Typer(
+    name="basewatch",
+    help=(
+        "Watch fixed sites in Sentinel-2 L2A imagery: find what was removed from, or appeared at, "
+        "an air base or a port between dates. Stages: search -> load -> coregister -> detect -> "
+        "evaluate -> report; `run` does them all. Parameters come from configs/params.yaml."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state: dict[str, Any] = {"config": None, "debug": False}
+
+SiteOpt = Annotated[
+    list[str] | None,
+    typer.Option("--site", "-s", help="Site name (seeds/sites/<name>.geojson); repeat for several. "
+                 "Default: every site in the config."),
+]
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Config YAML (default: configs/params.yaml)."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+) -> None:
+    """Sentinel-2 change detection for fixed sites."""
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    if quiet:
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _state["config_path"] = config
+    _state["debug"] = debug
+
+
+def _config() -> Config:
+    if _state.get("config") is None:
+        _state["config"] = load_config(_state.get("config_path"))
+    return _state["config"]
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; turn errors into one line on stderr and the right exit code."""
+    try:
+        return fn()
+    except BasewatchError as exc:
+        if _state.get("debug"):
+            raise
+        typer.echo(f"basewatch: error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("basewatch: interrupted; outputs of finished stages are intact", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
+        if _state.get("debug"):
+            raise
+        typer.echo(
+            f"basewatch: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback and report it)",
+            err=True,
+        )
+        raise typer.Exit(INTERNAL_ERROR_EXIT) from None
+
+
+def _sites(site: list[str] | None) -> list[str]:
+    from pipeline.sites import get_site
+
+    names = list(site) if site else list(_config().sites)
+    for n in names:
+        get_site(n, _config().seeds_dir)  # fail early with the list of known sites
+    return names
+
+
+def _per_site(stage: str, site: list[str] | None) -> None:
+    def go() -> None:
+        names = _sites(site)
+        from pipeline import stages
+
+        fn = getattr(stages, f"run_{stage}")
+        for name in names:
+            result = fn(_config(), name)
+            typer.echo(f"{name}: {stage}: {_summary(stage, result)}")
+
+    _guard(go)
+
+
+def _summary(stage: str, result: Any) -> str:
+    if stage == "search":
+        return f"{result} Items"
+    if stage == "load":
+        return f"{len(result['dates_kept'])} dates kept, {len(result['dates_dropped'])} dropped"
+    if stage == "coregister":
+        n_failed = len(result["failed_dates"])
+        return f"reference {result['reference_date']}, {len(result['dates'])} dates, {n_failed} failed"
+    if stage == "detect":
+        return f"{result} objects"
+    if stage == "evaluate":
+        keys = ("object_precision", "object_recall", "object_f1", "coreg_rmse_px", "n_detections")
+        return ", ".join(f"{k}={result[k]}" for k in keys if k in result)
+    return str(result)
+
+
+@app.command("demo-catalog")
+def demo_catalog() -> None:
+    """Generate the SIMULATED demo catalog (COGs + STAC + ground truth) for the configured sites."""
+    def go() -> Path:
+        from pipeline import stages
+
+        return stages.run_demo_catalog(_config())
+
+    path = _guard(go)
+    typer.echo(f"demo catalog (simulated): {path}")
+
+
+@app.command()
+def search(site: SiteOpt = None) -> None:
+    """Search the STAC API or local catalog for the site's Items -> data/<site>/items.json."""
+    _per_site("search", site)
+
+
+@app.command()
+def load(site: SiteOpt = None) -> None:
+    """Cut each Item to the site grid, harmonise, mask clouds -> data/<site>/cube.zarr."""
+    _per_site("load", site)
+
+
+@app.command()
+def coregister(site: SiteOpt = None) -> None:
+    """Co-register every date to a reference -> data/<site>/aligned.zarr and coreg.json."""
+    _per_site("coregister", site)
+
+
+@app.command()
+def detect(site: SiteOpt = None) -> None:
+    """Find removed and appeared objects -> data/<site>/detections.geojson."""
+    _per_site("detect", site)
+
+
+@app.command()
+def evaluate(site: SiteOpt = None) -> None:
+    """Score against ground truth where it exists (the demo) -> metrics/<site>.json."""
+    _per_site("evaluate", site)
+
+
+@app.command()
+def report(site: SiteOpt = None) -> None:
+    """Write the HTML report -> reports/<site>/index.html."""
+    _per_site("report", site)
+
+
+@app.command()
+def run(site: SiteOpt = None) -> None:
+    """Run every stage for the site(s): search, load, coregister, detect, evaluate, report."""
+    def go() -> None:
+        names = _sites(site)
+        from pipeline import stages
+
+        for name in names:
+            metrics = stages.run_site(_config(), name)
+            typer.echo(f"{name}: done: {_summary('evaluate', metrics)}")
+
+    _guard(go)
+
+
+@app.command()
+def where() -> None:
+    """Print where the reports and metrics of the configured sites are."""
+
+    def go() -> None:
+        from pipeline.config import site_paths
+
+        cfg = _config()
+        for name in cfg.sites:
+            p = site_paths(cfg, name)
+            state = "" if p.report_html.exists() else "  (not written yet)"
+            typer.echo(f"report for {name}: {p.report_html}{state}")
+            if p.metrics.exists():
+                typer.echo(f"metrics for {name}: {p.metrics}")
+
+    _guard(go)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,249 @@
+"""The stages of a site's run, one function each: the CLI, DVC and notebooks all call these.
+
+Each stage reads the outputs of the stage before it from ``data/<site>/`` (see
+:class:`pipeline.config.SitePaths`), calls the pure kernels, and writes its own outputs atomically.
+Only this module decides when lazy arrays are computed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from pipeline import catalog, load
+from pipeline.config import Config, SitePaths, site_paths
+from pipeline.errors import DataError, StageInputError
+from pipeline.io_utils import read_json, write_json
+from pipeline.sites import Site, get_site
+
+log = logging.getLogger(__name__)
+
+STAGES = ("search", "load", "coregister", "detect", "evaluate", "report")
+"""Stages of one site, in the order they run."""
+
+
+def _require(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise StageInputError(f"{path} is missing: run `basewatch {stage}` for this site first")
+    return path
+
+
+def _site(cfg: Config, name: str) -> tuple[Site, SitePaths]:
+    return get_site(name, cfg.seeds_dir), site_paths(cfg, name)
+
+
+def truth_path(cfg: Config, site: str) -> Path | None:
+    """Ground truth file beside a local catalog (the demo catalog), or None for a STAC API."""
+    url = cfg.catalog.url
+    if url.startswith(("http://", "https://")):
+        return None
+    p = Path(url).parent / "truth" / f"{site}.json"
+    return p if p.exists() else None
+
+
+def run_demo_catalog(cfg: Config) -> Path:
+    """Generate the simulated demo catalog (both sites) into ``cfg.demo.out``."""
+    from pipeline.simulate import build_demo_catalog
+
+    return Path(
+        build_demo_catalog(
+            cfg.demo.out,
+            seeds_dir=cfg.seeds_dir,
+            seed=cfg.demo.seed,
+            sites=cfg.sites,
+        )
+    )
+
+
+def run_search(cfg: Config, site_name: str) -> int:
+    """Search the catalog for the site's Items and write ``items.json``; returns the Item count."""
+    site, paths = _site(cfg, site_name)
+    items = catalog.search_items(cfg.catalog, site.aoi, cfg.dates.start, cfg.dates.end)
+    if len(items) == 0:
+        raise DataError(
+            f"no Items in {cfg.catalog.url} for site {site_name} between {cfg.dates.start} and "
+            f"{cfg.dates.end} with eo:cloud_cover <= {cfg.catalog.max_cloud_cover}: widen the dates "
+            "or the cloud limit"
+        )
+    catalog.write_items(items, paths.items)
+    log.info("%s: %d Items -> %s", site_name, len(items), paths.items)
+    return len(items)
+
+
+def run_load(cfg: Config, site_name: str) -> dict:
+    """Load the site's Items onto the site grid and write ``cube.zarr`` and ``load.json``."""
+    site, paths = _site(cfg, site_name)
+    items = catalog.read_items(_require(paths.items, "search"))
+    cube, report = load.load_site(items, site, cfg.load)
+    if cube.sizes.get("time", 0) == 0:
+        raise DataError(
+            f"site {site_name}: every date is mostly cloud or no data "
+            f"(load.min_valid_fraction={cfg.load.min_valid_fraction}): widen the period"
+        )
+    cube.attrs["simulated"] = int(
+        any(bool(it.properties.get("basewatch:simulated")) for it in items)
+    )
+    load.write_cube(cube, paths.cube)
+    write_json(paths.load_report, report)
+    return report
+
+
+def run_coregister(cfg: Config, site_name: str) -> dict:
+    """Co-register every date of the cube to a reference date; write ``aligned.zarr`` and ``coreg.json``."""
+    from pipeline import coregister
+
+    _, paths = _site(cfg, site_name)
+    cube = load.read_cube(_require(paths.cube, "load"))
+    c = cfg.coregister
+    if c.band not in cube:
+        raise DataError(f"coregister.band '{c.band}' is not in {paths.cube}: pick a loaded band")
+    band = cube[c.band].astype("float32").values
+    valid = cube["valid"].values
+    ref, estimates = coregister.coregister_stack(
+        band,
+        valid,
+        upsample=c.upsample,
+        max_shift_px=c.max_shift_px,
+        min_valid_fraction=c.min_valid_fraction,
+        min_quality=c.min_quality,
+    )
+    dates = [str(np.datetime_as_string(t, unit="D")) for t in cube.time.values]
+    keep = [i for i, e in enumerate(estimates) if e.status != "failed"]
+    aligned = _apply_shifts(cube, estimates, keep)
+    load.write_cube(aligned, paths.aligned)
+    result = {
+        "reference_date": dates[ref],
+        "band": c.band,
+        "dates": [{"date": d, **e.to_dict()} for d, e in zip(dates, estimates, strict=True)],
+        "failed_dates": [dates[i] for i, e in enumerate(estimates) if e.status == "failed"],
+    }
+    write_json(paths.coreg, result)
+    return result
+
+
+def _apply_shifts(cube: xr.Dataset, estimates: list, keep: list[int]) -> xr.Dataset:
+    from pipeline import coregister
+
+    sub = cube.isel(time=keep)
+    out = {}
+    bands = [v for v in sub.data_vars if v not in ("valid", "scl")]
+    for name in bands:
+        slices = [
+            coregister.apply_shift(
+                sub[name].isel(time=j).data, estimates[i].shift_x_px, estimates[i].shift_y_px
+            )
+            for j, i in enumerate(keep)
+        ]
+        out[name] = _stack_like(sub[name], slices)
+    valid = [
+        coregister.apply_shift_mask(
+            sub["valid"].isel(time=j).data, estimates[i].shift_x_px, estimates[i].shift_y_px
+        )
+        for j, i in enumerate(keep)
+    ]
+    out["valid"] = _stack_like(sub["valid"], valid)
+    if "scl" in sub:
+        out["scl"] = sub["scl"]
+    ds = xr.Dataset(out, attrs=dict(cube.attrs))
+    for name in bands:
+        ds[name] = ds[name].where(ds["valid"])
+    return ds
+
+
+def _stack_like(template: xr.DataArray, slices: list) -> xr.DataArray:
+    import dask.array as da
+
+    if any(isinstance(s, da.Array) for s in slices):
+        data = da.stack([da.asarray(s) for s in slices])
+    else:
+        data = np.stack(slices)
+    return xr.DataArray(data, dims=template.dims, coords=template.coords, attrs=template.attrs)
+
+
+def run_detect(cfg: Config, site_name: str) -> int:
+    """Run the change core on the aligned cube; write ``detections.geojson``; returns the count."""
+    from pipeline import detect
+
+    site, paths = _site(cfg, site_name)
+    cube = load.read_cube(_require(paths.aligned, "coregister"))
+    zones = site.zone_raster(site.geobox(cfg.load.resolution_m))
+    result = detect.detect_cube(
+        cube,
+        zones,
+        [z.name for z in site.zones],
+        [z.kind for z in site.zones],
+        cfg.detect,
+        bands=[b for b in cfg.load.bands if b in cube],
+    )
+    fc = {
+        "type": "FeatureCollection",
+        "name": f"{site_name} detections",
+        "simulated": bool(cube.attrs.get("simulated", 0)),
+        "features": result.features,
+        "pairs": result.pairs,
+    }
+    write_json(paths.detections, fc)
+    return len(result.features)
+
+
+def run_evaluate(cfg: Config, site_name: str) -> dict:
+    """Score detections and co-registration against ground truth where it exists; write metrics."""
+    from pipeline import evaluate
+
+    _, paths = _site(cfg, site_name)
+    dets = read_json(_require(paths.detections, "detect"))
+    coreg = read_json(_require(paths.coreg, "coregister"))
+    tp = truth_path(cfg, site_name)
+    if tp is None:
+        metrics: dict = {
+            "n_detections": len(dets["features"]),
+            "truth": None,
+            "failed_dates": coreg.get("failed_dates", []),
+        }
+    else:
+        metrics = evaluate.evaluate_site(
+            dets["features"],
+            read_json(tp),
+            coreg,
+            min_object_size_m=cfg.evaluate.min_object_size_m,
+        )
+        metrics["truth"] = "simulated demo catalog"
+        metrics.setdefault("failed_dates", coreg.get("failed_dates", []))
+    write_json(paths.metrics, metrics)
+    return metrics
+
+
+def run_report(cfg: Config, site_name: str) -> Path:
+    """Write the site's HTML report; returns its path."""
+    from pipeline import report
+
+    site, paths = _site(cfg, site_name)
+    cube = load.read_cube(_require(paths.aligned, "coregister"))
+    metrics = read_json(paths.metrics) if paths.metrics.exists() else None
+    out = report.write_report(
+        paths.reports,
+        site_title=site.title,
+        site_name=site.name,
+        cube=cube,
+        detections=read_json(_require(paths.detections, "detect")),
+        coreg=read_json(_require(paths.coreg, "coregister")),
+        load_report=read_json(_require(paths.load_report, "load")),
+        metrics=metrics,
+        zones_utm=[(z.name, site.to_utm(z.geometry)) for z in site.zones],
+        simulated=bool(cube.attrs.get("simulated", 0)),
+    )
+    return Path(out)
+
+
+def run_site(cfg: Config, site_name: str) -> dict:
+    """Every stage for one site, in order; returns the metrics."""
+    run_search(cfg, site_name)
+    run_load(cfg, site_name)
+    run_coregister(cfg, site_name)
+    run_detect(cfg, site_name)
+    metrics = run_evaluate(cfg, site_name)
+    run_report(cfg, site_name)
+    return metrics

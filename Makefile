@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	@export PATH="$(CURDIR)/$(BIN):$$PATH"; dvc repro
+	@$(BIN)/dvc repro
 	@$(BIN)/basewatch where
 
 test: $(STAMP)

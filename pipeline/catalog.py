@@ -18,18 +18,19 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import pystac
 from pystac.stac_io import DefaultStacIO
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from pipeline.config import CatalogConfig
+from pipeline.config import CatalogConfig, NetworkConfig
 from pipeline.errors import CatalogError, StageInputError
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,58 @@ def _is_url(href: str) -> bool:
     return urlparse(href).scheme in ("http", "https")
 
 
+_URL_SECRET = re.compile(
+    r"(\b[a-z][a-z0-9+.-]*://)([^\s'\"/@]*@)?([^\s'\"?#]*)([?#][^\s'\"]*)?", re.I
+)
+
+
+def redact_url(href: str) -> str:
+    """``href`` without the parts where credentials live: query string, fragment, user info.
+
+    Signed URLs (Planetary Computer SAS tokens ``?st=...&sig=...``, S3 presigned URLs) carry
+    their secret in the query string. Every href this project writes (``items.json``, the watch
+    database, alerts) goes through this function; local paths are returned unchanged.
+    """
+    parts = urlsplit(href)
+    if not parts.scheme or not parts.netloc:
+        return href
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the query string and user info of every URL in it replaced by a marker."""
+
+    def sub(m: re.Match[str]) -> str:
+        user = "<redacted>@" if m.group(2) else ""
+        query = "?<redacted>" if m.group(4) else ""
+        return f"{m.group(1)}{user}{m.group(3)}{query}"
+
+    return _URL_SECRET.sub(sub, text)
+
+
+class _RedactingFilter(logging.Filter):
+    """Rewrites log records so that no URL query string (a signing token) reaches a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact_text(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
+def redact_logs() -> None:
+    """Redact URLs in every record the root logger's handlers write (idempotent).
+
+    Third-party libraries log full request URLs at debug level (urllib3, pystac-client); the
+    filter strips their query strings whatever logger they come from.
+    """
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactingFilter) for f in handler.filters):
+            handler.addFilter(_RedactingFilter())
+
+
 def _has_scheme(href: str) -> bool:
     # A one-letter "scheme" would be a Windows drive letter; anything longer is a URL scheme.
     return len(urlparse(href).scheme) > 1
@@ -206,7 +259,7 @@ def check_asset_hrefs(item: pystac.Item, root: Path | None) -> None:
         except CatalogError:
             continue
         raw = item.assets[key].href
-        where = f"Item {item.id} asset '{key}' href {raw!r}"
+        where = f"Item {item.id} asset '{key}' href {redact_text(raw)!r}"
         if raw.lower().startswith("/vsi"):
             raise CatalogError(f"{where}: GDAL /vsi paths are refused: use a plain URL or path")
         href = item.assets[key].get_absolute_href() or raw
@@ -361,18 +414,54 @@ def _cloud_filter(max_cloud: float) -> dict[str, Any]:
     return {"op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud]}
 
 
+RETRY_STATUS: tuple[int, ...] = (429, 500, 502, 503, 504)
+"""HTTP statuses after which a STAC request is retried (with backoff, honouring Retry-After)."""
+
+
+def api_io(network: NetworkConfig) -> Any:
+    """A pystac-client ``StacApiIO`` with retries, backoff and a timeout.
+
+    urllib3's ``Retry`` retries refused connections, read timeouts (a hanging server) and the
+    statuses in :data:`RETRY_STATUS`, waiting ``0, 2 b, 4 b, ...`` seconds (``b`` =
+    ``network.backoff_s``; a ``Retry-After`` header is honoured up to 60 s). Searches are POSTs
+    that only read, so every method is retried.
+    """
+    from pystac_client.stac_api_io import StacApiIO
+    from urllib3 import Retry
+
+    n = network.retries
+    retry = Retry(
+        total=n,
+        connect=n,
+        read=n,
+        status=n,
+        other=0,
+        allowed_methods=None,
+        status_forcelist=RETRY_STATUS,
+        backoff_factor=network.backoff_s,
+        backoff_max=60.0,
+        retry_after_max=60,
+        raise_on_status=True,
+    )
+    return StacApiIO(timeout=network.timeout_s, max_retries=retry)
+
+
 def _search_api(
-    catalog: CatalogConfig, aoi_lonlat: BaseGeometry, start: dt.date, end: dt.date
+    catalog: CatalogConfig,
+    aoi_lonlat: BaseGeometry,
+    start: dt.date,
+    end: dt.date,
+    network: NetworkConfig,
 ) -> list[pystac.Item]:
     from pystac_client import Client
     from pystac_client.warnings import DoesNotConformTo
 
-    url = catalog.url
+    url = redact_text(catalog.url)
     try:
         with warnings.catch_warnings():
             # Small servers (e.g. rustac) support CQL2 filter without announcing it.
             warnings.simplefilter("ignore", DoesNotConformTo)
-            client = Client.open(url)
+            client = Client.open(catalog.url, stac_io=api_io(network))
             search = client.search(
                 collections=[catalog.collection],
                 intersects=mapping(aoi_lonlat),
@@ -383,9 +472,10 @@ def _search_api(
             )
             items = list(search.items())
     except Exception as exc:
-        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        msg = redact_text(str(exc).splitlines()[0][:300]) if str(exc) else type(exc).__name__
         raise CatalogError(
-            f"STAC API {url} cannot be searched ({msg}): check catalog.url and the network"
+            f"STAC API {url} cannot be searched after {network.retries} retries ({msg}): "
+            "check catalog.url and the network; the next run tries again"
         ) from None
     kept = []
     for item in items:
@@ -401,7 +491,11 @@ def _search_api(
 
 
 def search_items(
-    catalog: CatalogConfig, aoi_lonlat: BaseGeometry, start: dt.date, end: dt.date
+    catalog: CatalogConfig,
+    aoi_lonlat: BaseGeometry,
+    start: dt.date,
+    end: dt.date,
+    network: NetworkConfig | None = None,
 ) -> pystac.ItemCollection:
     """Find the Items of a collection over an AOI and a period.
 
@@ -415,6 +509,8 @@ def search_items(
         Area of interest in lon/lat; an Item is kept when its geometry intersects it.
     start, end
         First and last day, inclusive (UTC dates of the Items' datetime).
+    network
+        Retries, backoff and timeout of API requests (:func:`api_io`); defaults when None.
 
     Returns
     -------
@@ -429,16 +525,17 @@ def search_items(
         When the API cannot be reached, the local catalog is missing or unreadable, or an
         Item's band asset href is refused (see :func:`check_asset_hrefs`).
     """
+    redact_logs()
     if _is_url(catalog.url):
-        items = _search_api(catalog, aoi_lonlat, start, end)
+        items = _search_api(catalog, aoi_lonlat, start, end, network or NetworkConfig())
     elif _has_scheme(catalog.url):
         raise CatalogError(
-            f"catalog.url {catalog.url!r}: only http(s) STAC APIs and local catalog paths "
-            "are supported"
+            f"catalog.url {redact_text(catalog.url)!r}: only http(s) STAC APIs and local "
+            "catalog paths are supported"
         )
     else:
         items = _search_local(catalog, aoi_lonlat, start, end)
-    log.info("search %s: %d Items", catalog.url, len(items))
+    log.info("search %s: %d Items", redact_text(catalog.url), len(items))
     return pystac.ItemCollection(items, clone_items=False)
 
 
@@ -455,16 +552,22 @@ def _portable_dict(item: pystac.Item) -> dict[str, Any]:
                 f"Item {item.id} asset '{key}' href {asset.href!r} cannot be made absolute: "
                 "the Item has no self link"
             )
-        d["assets"][key]["href"] = href
+        # Signed URLs expire and their tokens are secrets: never persist the query string.
+        d["assets"][key]["href"] = redact_url(href)
     # Links to the catalog's own files would dangle once moved: keep only URLs.
-    d["links"] = [ln for ln in d.get("links", []) if _is_url(str(ln.get("href", "")))]
+    d["links"] = [
+        {**ln, "href": redact_url(str(ln["href"]))}
+        for ln in d.get("links", [])
+        if _is_url(str(ln.get("href", "")))
+    ]
     return d
 
 
 def write_items(items: Iterable[pystac.Item], path: str | Path) -> Path:
     """Write Items as a STAC ItemCollection (GeoJSON FeatureCollection), atomically.
 
-    Asset hrefs are written absolute, so the file works from any folder.
+    Asset hrefs are written absolute, so the file works from any folder, and without their
+    query strings (:func:`redact_url`): signing tokens are never written.
 
     Parameters
     ----------

@@ -36,8 +36,12 @@ _state: dict[str, Any] = {"config": None, "debug": False}
 
 SiteOpt = Annotated[
     list[str] | None,
-    typer.Option("--site", "-s", help="Site name (seeds/sites/<name>.geojson); repeat for several. "
-                 "Default: every site in the config."),
+    typer.Option(
+        "--site",
+        "-s",
+        help="Site name (seeds/sites/<name>.geojson); repeat for several. "
+        "Default: every site in the config.",
+    ),
 ]
 
 
@@ -49,13 +53,22 @@ def main(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only errors; no progress bars.")
+    ] = False,
+    log_json: Annotated[
+        bool,
+        typer.Option("--log-json", help="Log one JSON object per line on stderr (for cron)."),
+    ] = False,
 ) -> None:
     """Sentinel-2 change detection for fixed sites."""
+    from pipeline.progress import configure_logging, set_progress_enabled
+
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     if quiet:
         level = logging.ERROR
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(level, json_logs=log_json, stream=sys.stderr)
+    set_progress_enabled(not quiet)
     _state["config_path"] = config
     _state["debug"] = debug
 
@@ -118,7 +131,9 @@ def _summary(stage: str, result: Any) -> str:
         return f"{len(result['dates_kept'])} dates kept, {len(result['dates_dropped'])} dropped"
     if stage == "coregister":
         n_failed = len(result["failed_dates"])
-        return f"reference {result['reference_date']}, {len(result['dates'])} dates, {n_failed} failed"
+        return (
+            f"reference {result['reference_date']}, {len(result['dates'])} dates, {n_failed} failed"
+        )
     if stage == "detect":
         return f"{result} objects"
     if stage == "evaluate":
@@ -130,6 +145,7 @@ def _summary(stage: str, result: Any) -> str:
 @app.command("demo-catalog")
 def demo_catalog() -> None:
     """Generate the SIMULATED demo catalog (COGs + STAC + ground truth) for the configured sites."""
+
     def go() -> Path:
         from pipeline import stages
 
@@ -178,6 +194,7 @@ def report(site: SiteOpt = None) -> None:
 @app.command()
 def run(site: SiteOpt = None) -> None:
     """Run every stage for the site(s): search, load, coregister, detect, evaluate, report."""
+
     def go() -> None:
         names = _sites(site)
         from pipeline import stages
@@ -205,6 +222,130 @@ def where() -> None:
                 typer.echo(f"metrics for {name}: {p.metrics}")
 
     _guard(go)
+
+
+@app.command(
+    help=(
+        "Co-register any two rasters (GeoTIFF or JPEG2000, any grid and CRS) and print one JSON "
+        "object to stdout: shift_x_px, shift_y_px (where the target's content lies relative to "
+        "the reference, reference pixels, east and north positive), shift_x_m, shift_y_m, "
+        "quality, status (ok, shifted or failed) and reason; with --local also the tie points "
+        "and the affine model.\n\n"
+        "Exit code 0 whenever the estimate ran, even when status is failed: read the status (a "
+        "failed pair is not aligned and --out writes nothing). An unreadable file or a bad "
+        "--band exits with code 5 (DataError)."
+    )
+)
+def align(
+    reference: Annotated[Path, typer.Argument(help="Reference raster (GeoTIFF or JPEG2000).")],
+    target: Annotated[Path, typer.Argument(help="Raster to register onto the reference.")],
+    band: Annotated[
+        int, typer.Option("--band", "-b", help="1-based band of both files used for matching.")
+    ] = 1,
+    local: Annotated[
+        bool, typer.Option("--local", help="Also fit a local affine model on a tie-point grid.")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write the target (all bands) on the reference grid, corrected: float32 "
+            "GeoTIFF, NaN = no data. Not written when the verdict is failed.",
+        ),
+    ] = None,
+) -> None:
+    """Co-register any two rasters and print one JSON object (see the command's help)."""
+
+    def go() -> dict:
+        from pipeline.align import align_files
+
+        return align_files(reference, target, band=band, local=local, out=out)
+
+    import json
+
+    typer.echo(json.dumps(_guard(go)))
+
+
+@app.command()
+def watch(site: SiteOpt = None) -> None:
+    """For cron: process only the scenes that are new since the last run, for every site.
+
+    Appends new detections to data/<site>/detections.geojson and the history database
+    (data/watch.sqlite), updates metrics, sends alerts (data/alerts.jsonl, webhook), prints one
+    line per site. Locked (a second run exits with code 8) and idempotent (nothing new: no
+    file changes). See docs/operations.md.
+    """
+
+    def go() -> None:
+        names = _sites(site)
+        from pipeline import watch as watching
+
+        report = watching.run_watch(_config(), names)
+        for line in report.lines():
+            typer.echo(line)
+        for line in report.warnings():
+            typer.echo(f"basewatch: warning: {line}", err=True)
+        for name, exc in report.errors[1:]:
+            typer.echo(f"basewatch: error: {name}: {exc}", err=True)
+        if report.errors:
+            name, exc = report.errors[0]
+            raise type(exc)(f"{name}: {exc}")
+
+    _guard(go)
+
+
+@app.command(
+    help=(
+        "Change between any two local Sentinel-2 rasters: each of --before and --after is a "
+        "folder of single-band files named by band (*_B02.tif ...), a multi-band GeoTIFF with "
+        "band descriptions (or --band-order), or a STAC Item JSON with local hrefs. Level-1C "
+        "(no SCL) and Level-2A both work. Both dates are put on the grid of the --before "
+        "input's 10 m bands, co-registered, normalised and scored; writes change_score.tif, "
+        "change_mask.tif (1 = change, 0 = no change, 255 = not scored), detections.geojson "
+        "and pair.json into --out. --mode objects finds compact objects (as the site "
+        "pipeline); --mode area is for wide change (construction). See docs/detection.md."
+    )
+)
+def pair(
+    before: Annotated[Path, typer.Option("--before", help="Input of the earlier date.")],
+    after: Annotated[Path, typer.Option("--after", help="Input of the later date.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    mode: Annotated[
+        str, typer.Option("--mode", "-m", help="objects (default) or area.")
+    ] = "objects",
+    band_order: Annotated[
+        str | None,
+        typer.Option(
+            "--band-order",
+            help="Bands of a multi-band file without descriptions, in order, comma-separated "
+            "(e.g. B02,B03,B04,B08; '-' skips one).",
+        ),
+    ] = None,
+) -> None:
+    """Detect the change between two local rasters (see the command's help)."""
+
+    def go() -> dict:
+        from pipeline.pair import run_pair
+
+        order = tuple(b.strip() for b in band_order.split(",")) if band_order else None
+        return run_pair(before, after, out, _config(), mode=mode, band_order=order)
+
+    s = _guard(go)
+    shift = s["coregistration"]
+    if shift["status"] == "failed":
+        typer.echo(
+            f"basewatch: warning: co-registration failed ({shift['reason']}): after date used "
+            "as it is",
+            err=True,
+        )
+    sx, sy = shift["shift_x_px"], shift["shift_y_px"]
+    where = f"shift {sx:+.2f}, {sy:+.2f} px" if sx is not None and sy is not None else "no shift"
+    typer.echo(
+        f"pair ({s['mode']}): {s['n_change_px']} change px ({s['change_fraction']:.2%} of "
+        f"{s['n_scored_px']} scored), {s['n_objects']} objects ({s['n_removed']} removed, "
+        f"{s['n_appeared']} appeared); {where} ({shift['status']}) -> {out}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

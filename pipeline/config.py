@@ -46,9 +46,7 @@ class DatesConfig(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> DatesConfig:
         if self.end < self.start:
-            raise ValueError(
-                f"dates.end {self.end} is before dates.start {self.start}: swap them"
-            )
+            raise ValueError(f"dates.end {self.end} is before dates.start {self.start}: swap them")
         return self
 
 
@@ -105,6 +103,72 @@ class DetectConfig(_Strict):
     min_area_m2: float = Field(
         300.0, ge=0, description="Drop change regions smaller than this area."
     )
+    registration_noise_px: float = Field(
+        0.2,
+        ge=0,
+        description="Residual misregistration left after co-registration (px, 1 sigma per "
+        "axis): adds (this x local gradient)^2 to each band's noise variance where both dates "
+        "show an edge, so static edges are not change. 0 turns it off.",
+    )
+    resampling_blur_px2: float = Field(
+        0.125,
+        ge=0,
+        description="Blur difference left by resampling each date by its own sub-pixel shift "
+        "(px^2; bilinear kernels differ by up to 0.25 px^2 of variance, half of it multiplies "
+        "the Laplacian): adds (this x local Laplacian)^2 to each band's noise variance where "
+        "both dates show the fine structure. 0 turns it off.",
+    )
+    smooth_sigma_px: float = Field(
+        0.0,
+        ge=0,
+        description="Gaussian smoothing (px) of the standardised differences before scoring; "
+        "the null is rescaled for it. 0 = none (single pixels keep their full weight).",
+    )
+    decorrelate_bands: bool = Field(
+        True,
+        description="Score with the robust band correlation of the noise (Mahalanobis) "
+        "instead of a plain sum of squared standardised differences.",
+    )
+    local_window_px: int = Field(
+        24,
+        ge=3,
+        description="Side (px) of the local window (a median of block medians) for the local "
+        "change level and noise (change wider than it is not an object) and for the background "
+        "that signs a change (removed when the after view is closer to its surroundings). "
+        "Objects should cover well under half of it.",
+    )
+    haze_z: float = Field(
+        3.0,
+        gt=0,
+        description="Thin-cloud guard: a pixel whose normalised blue rises by more than this "
+        "many noise sigmas near a transient cloud (haze_distance_px) is not scored that date.",
+    )
+    haze_distance_px: int = Field(
+        10,
+        ge=0,
+        description="Reach (px) of the thin-cloud guard around pixels invalid at that date "
+        "but valid on most dates. 0 turns the guard off.",
+    )
+    sign_split_fraction: float = Field(
+        0.25,
+        ge=0,
+        le=0.5,
+        description="A change region whose minority sign (removed/appeared) holds more than "
+        "this share of its pixels is split into signed parts; else it takes the majority sign.",
+    )
+    drop_transients: bool = Field(
+        False,
+        description="Drop a change undone at the next clear view (appeared then removed, or "
+        "the reverse, at the same pixels): mostly clouds and shadows the mask missed, but also "
+        "an object present on a single date. Off: such objects are reported with "
+        "transient=true.",
+    )
+    max_sample_px: int = Field(
+        40_000,
+        ge=1000,
+        description="Pixels sampled (regular grid) per date pair for the gain/offset fit, the "
+        "noise sigma and the null calibration.",
+    )
 
 
 class EvaluateConfig(_Strict):
@@ -122,6 +186,106 @@ class DemoConfig(_Strict):
     seed: int = Field(20241208, description="Seed of the generator; same seed, same catalog.")
 
 
+class NetworkConfig(_Strict):
+    """Retries and timeouts of everything read over the network (STAC API requests, COG reads)."""
+
+    retries: int = Field(
+        4,
+        ge=0,
+        le=20,
+        description="Retries of a STAC API request (HTTP 429 and 5xx, refused connections, "
+        "timeouts) and of a COG read over HTTP (GDAL_HTTP_MAX_RETRY) before giving up.",
+    )
+    backoff_s: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="First wait between retries, seconds; doubled at each retry (STAC requests "
+        "via urllib3 Retry backoff, COG reads via GDAL_HTTP_RETRY_DELAY).",
+    )
+    timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Connect and read timeout of one STAC request, and GDAL_HTTP_TIMEOUT of "
+        "one COG request, seconds.",
+    )
+
+
+class WatchConfig(_Strict):
+    """The unattended `basewatch watch` mode (see docs/operations.md)."""
+
+    store: str | None = Field(
+        None,
+        description="History database (SQLite) of processed Items, detections, occupancy and "
+        "alerts; default <data_dir>/watch.sqlite.",
+    )
+    lock: str | None = Field(
+        None,
+        description="Lock file that stops two watch runs overlapping; default "
+        "<data_dir>/.watch.lock.",
+    )
+    history_dates: int = Field(
+        6,
+        ge=1,
+        description="Usable dates before the first new one that are reloaded with it, so the "
+        "detector has each pixel's last valid view (more: fewer pixels left unscored under "
+        "long cloud, slower runs).",
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Runs that retry the newest date when one of its assets cannot be read; "
+        "then the date is skipped for good (a failed date followed by a good one is skipped "
+        "at once).",
+    )
+    follow: bool = Field(
+        False,
+        description="Search up to today (UTC) instead of dates.end: for a cron job that runs "
+        "for months.",
+    )
+    adopt: bool = Field(
+        True,
+        description="On a site's first watch run, take the outputs of `dvc repro` / "
+        "`basewatch run` (items.json, load.json, coreg.json, detections.geojson) as the "
+        "processed history instead of processing the whole period again.",
+    )
+
+
+class AlertsConfig(_Strict):
+    """Where new removals are reported by `basewatch watch`."""
+
+    min_confidence: float = Field(
+        0.99, ge=0, le=1, description="Alert on new removals with at least this confidence."
+    )
+    file: str | None = Field(
+        None,
+        description="JSON-lines alert file (one alert per line, each sent once); default "
+        "<data_dir>/alerts.jsonl.",
+    )
+    webhook_url: str | None = Field(
+        None,
+        description="Also POST each alert as JSON to this http(s) URL. Prefer webhook_url_env "
+        "for URLs that hold a secret.",
+    )
+    webhook_url_env: str = Field(
+        "BASEWATCH_WEBHOOK_URL",
+        description="Environment variable read for the webhook URL when webhook_url is unset.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook POST, seconds.")
+    retries: int = Field(
+        3, ge=0, le=20, description="Retries of a webhook POST (5xx, 429, network errors)."
+    )
+    backoff_s: float = Field(
+        1.0, ge=0, le=60, description="First wait between webhook retries; doubled each time."
+    )
+    max_attempts: int = Field(
+        20,
+        ge=1,
+        description="Runs that try again to deliver an alert the webhook did not accept; then "
+        "it is marked failed.",
+    )
+
+
 class Config(_Strict):
     """The whole configuration of a run."""
 
@@ -133,6 +297,9 @@ class Config(_Strict):
     detect: DetectConfig = DetectConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     demo: DemoConfig = DemoConfig()
+    network: NetworkConfig = NetworkConfig()
+    watch: WatchConfig = WatchConfig()
+    alerts: AlertsConfig = AlertsConfig()
     data_dir: str = Field("data", description="Folder of per-site intermediate outputs.")
     reports_dir: str = Field("reports", description="Folder of per-site HTML reports.")
     metrics_dir: str = Field("metrics", description="Folder of per-site metrics files.")

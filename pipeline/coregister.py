@@ -193,6 +193,7 @@ def estimate_shift(
     max_shift_px: float = 4.0,
     min_valid_fraction: float = 0.2,
     min_quality: float = 0.3,
+    initial: tuple[float, float] | None = None,
 ) -> ShiftEstimate:
     """Estimate the sub-pixel shift of ``target`` relative to ``reference``.
 
@@ -212,6 +213,11 @@ def estimate_shift(
         Least share of the pixels that must be valid in both dates.
     min_quality : float, optional
         Least post-alignment correlation (``quality``) of a usable estimate.
+    initial : tuple of float, optional
+        A starting shift ``(shift_x_px, shift_y_px)`` known to within about a pixel (e.g. the
+        global shift, when estimating the tie points of :mod:`pipeline.coregister_local`): skips
+        the whole-pixel and DFT stages (steps 2-3) and only refines; the verdict is unchanged.
+        Ignored when not finite.
 
     Returns
     -------
@@ -245,7 +251,10 @@ def estimate_shift(
     if _is_flat(ref[ref_ok]) or _is_flat(tgt[tgt_ok]):
         return _failed("one of the dates is flat (no texture to register)", n_joint)
 
-    d0 = _initial_offset(ref_f, ref_ok, tgt_f, tgt_ok, upsample)
+    if initial is not None and all(math.isfinite(v) for v in initial):
+        d0: tuple[float, float] | None = (float(initial[1]), -float(initial[0]))
+    else:
+        d0 = _initial_offset(ref_f, ref_ok, tgt_f, tgt_ok, upsample)
     if d0 is None:
         return _failed("no correlation peak between the dates", n_joint)
     if max(abs(d0[0]), abs(d0[1])) > max_shift_px + 1.0:

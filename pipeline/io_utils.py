@@ -13,7 +13,7 @@ from typing import Any
 
 
 def write_json(path: str | Path, obj: Any, *, indent: int | None = 1) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically (temporary file in the same folder, then rename).
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file beside it, then rename).
 
     Parameters
     ----------

@@ -28,13 +28,30 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from pipeline.catalog import BANDS, SCL, band_asset_key, item_epsg, normalise_item
-from pipeline.config import LoadConfig
-from pipeline.errors import DataError, StageInputError
+from pipeline.catalog import (
+    BANDS,
+    SCL,
+    band_asset_key,
+    item_epsg,
+    normalise_item,
+    redact_text,
+    redact_url,
+)
+from pipeline.config import LoadConfig, NetworkConfig
+from pipeline.errors import CatalogError, DataError, StageInputError
 from pipeline.harmonise import Radiometry, band_radiometry, harmonise, valid_mask
 from pipeline.sites import Site
 
-__all__ = ["load_cube", "load_site", "read_cube", "valid_mask", "write_cube"]
+__all__ = [
+    "compute_cube",
+    "gdal_options",
+    "load_cube",
+    "load_site",
+    "read_cube",
+    "solar_day",
+    "valid_mask",
+    "write_cube",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +67,136 @@ STAC_CFG: dict[str, Any] = {
 """Pixel type and no-data value for Items that lack ``raster:bands`` (Planetary Computer)."""
 
 
-@contextmanager
-def _reading(what: str) -> Iterator[None]:
-    """Turn a failed COG read while computing into a :class:`DataError` about ``what``."""
-    from rasterio.errors import RasterioError
+def gdal_options(network: NetworkConfig) -> dict[str, str]:
+    """GDAL settings for COG reads over HTTP: retries with backoff, timeouts.
 
-    try:
-        yield
-    except RasterioError as exc:
-        msg = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise DataError(f"{what}: a COG cannot be read ({msg}): check the Items' assets") from None
+    GDAL retries a request that fails with one of ``GDAL_HTTP_RETRY_CODES`` (or times out)
+    ``GDAL_HTTP_MAX_RETRY`` times, waiting ``GDAL_HTTP_RETRY_DELAY`` seconds, doubled each time.
+    """
+    timeout = str(max(1, int(np.ceil(network.timeout_s))))
+    return {
+        "GDAL_HTTP_MAX_RETRY": str(network.retries),
+        "GDAL_HTTP_RETRY_DELAY": str(network.backoff_s),
+        "GDAL_HTTP_RETRY_CODES": "429,500,502,503,504",
+        "GDAL_HTTP_TIMEOUT": timeout,
+        "GDAL_HTTP_CONNECTTIMEOUT": timeout,
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    }
+
+
+def _culprit(message: str, items: Sequence[pystac.Item]) -> str | None:
+    """``Item <id> asset '<key>' <href>`` of the asset a GDAL error message names, if any."""
+    for item in items:
+        for key, asset in item.assets.items():
+            href = asset.get_absolute_href() or asset.href
+            bare = href.split("?", 1)[0]
+            if bare and bare in message:
+                return f"Item {item.id} asset '{key}' {redact_url(href)}"
+    return None
+
+
+class _ReadErrors(logging.Handler):
+    """Keeps the read warnings and errors of odc-loader and rasterio (they name the file; the
+    exception does not), so the user sees one line: ours."""
+
+    LOGGERS = ("odc.loader._rio", "rasterio._env")
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self._propagate: dict[str, bool] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> _ReadErrors:
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self._propagate[name] = logger.propagate
+            logger.addHandler(self)
+            logger.propagate = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, propagate in self._propagate.items():
+            logger = logging.getLogger(name)
+            logger.removeHandler(self)
+            logger.propagate = propagate
+        for line in self.messages:
+            log.debug("%s", redact_text(line))
+
+
+def _chain(exc: BaseException | None) -> list[str]:
+    out: list[str] = []
+    while exc is not None and len(out) < 10:
+        out.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def _probe(items: Sequence[pystac.Item]) -> tuple[str, str] | None:
+    """(culprit, problem) of the first band asset that cannot be opened as a georeferenced
+    raster or read, or None. Used after an error that does not name its file."""
+    import rasterio
+    from rasterio.windows import Window
+
+    for item in items:
+        for band in (*BANDS, SCL):
+            try:
+                key = band_asset_key(item, band)
+            except CatalogError:
+                continue
+            href = item.assets[key].get_absolute_href() or item.assets[key].href
+            culprit = f"Item {item.id} asset '{key}' {redact_url(href)}"
+            try:
+                with rasterio.open(href) as src:
+                    if src.crs is None or src.transform.is_identity:
+                        return culprit, "no georeferencing (GeoTIFF tags unreadable)"
+                    src.read(1, window=Window(0, 0, min(256, src.width), min(256, src.height)))
+            except Exception as exc:
+                chain = [m for m in _chain(exc) if m.strip()]
+                return culprit, chain[-1].splitlines()[0][:300] if chain else type(exc).__name__
+    return None
+
+
+@contextmanager
+def _reading(what: str, items: Sequence[pystac.Item] = ()) -> Iterator[None]:
+    """Turn a failed COG read while computing into a :class:`DataError` about ``what``,
+    naming the Item and asset: from the error, odc-loader's log of it, or a probe of the
+    assets (a corrupt file can fail anywhere in the reader, not only in rasterio)."""
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    with _ReadErrors() as handler, warnings.catch_warnings():
+        # odc-loader's in-memory reprojection of a window trips this warning: noise here.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            yield
+        except Exception as exc:
+            chain = [m for m in _chain(exc) if m.strip()]
+            # The deepest cause says what went wrong ("got 19384 bytes, expected 88947").
+            msg = redact_text(chain[-1].splitlines()[0][:300]) if chain else type(exc).__name__
+            culprit = _culprit("\n".join(chain + handler.messages), items)
+            if culprit is None and items:
+                found = _probe(items)
+                if found is not None:
+                    culprit, msg = found[0], redact_text(found[1])
+            if culprit is not None:
+                raise DataError(
+                    f"{what}: a COG cannot be read: {culprit}: {msg}: re-download the asset or "
+                    "drop the Item"
+                ) from None
+            if isinstance(exc, RasterioError):
+                raise DataError(
+                    f"{what}: a COG cannot be read ({msg}): check the Items' assets"
+                ) from None
+            raise
+
+
+def compute_cube(ds: xr.Dataset, items: Sequence[pystac.Item], what: str) -> xr.Dataset:
+    """Read a lazy cube into memory; a failed COG read is a :class:`DataError` naming its Item
+    and asset (``what`` says what was being loaded)."""
+    with _reading(what, [normalise_item(it) for it in items]):
+        return ds.compute()
 
 
 def _solar_day(item: pystac.Item, lon: float) -> dt.date:
@@ -70,6 +207,11 @@ def _solar_day(item: pystac.Item, lon: float) -> dt.date:
     if when.tzinfo is not None:
         when = when.astimezone(dt.UTC).replace(tzinfo=None)
     return (when + dt.timedelta(hours=int(lon / 15))).date()
+
+
+def solar_day(item: pystac.Item, geobox: GeoBox) -> dt.date:
+    """The day the loader puts ``item`` in on ``geobox`` (odc-stac's solar day)."""
+    return _solar_day(item, _centre_lon(geobox))
 
 
 def _centre_lon(geobox: GeoBox) -> float:
@@ -103,8 +245,10 @@ def _odc_load(
     keys: list[Any],
     chunk_px: int,
     resampling: str,
+    network: NetworkConfig,
 ) -> xr.Dataset:
     import odc.stac
+    import rasterio
 
     # Grouping key per Item, computed by the caller: the solar day (as odc-stac's "solar_day"
     # computes it) or the Item's own index. Keyed here so each time step's Items are known.
@@ -115,16 +259,18 @@ def _odc_load(
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            ds = odc.stac.load(
-                items,
-                bands=[*bands, SCL],
-                geobox=geobox,
-                groupby=group,
-                preserve_original_order=True,
-                chunks={"x": chunk_px, "y": chunk_px},
-                resampling={"*": resampling, SCL: "nearest"},
-                stac_cfg=STAC_CFG,
-            )
+            # odc-stac captures the GDAL options active here and applies them to every read.
+            with rasterio.Env(**gdal_options(network)):
+                ds = odc.stac.load(
+                    items,
+                    bands=[*bands, SCL],
+                    geobox=geobox,
+                    groupby=group,
+                    preserve_original_order=True,
+                    chunks={"x": chunk_px, "y": chunk_px},
+                    resampling={"*": resampling, SCL: "nearest"},
+                    stac_cfg=STAC_CFG,
+                )
         except ValueError as exc:
             raise DataError(f"odc-stac cannot load the Items ({exc}): check their assets") from None
     if ds.sizes.get("time") != len(set(keys)):
@@ -150,6 +296,7 @@ def load_cube(
     dilation_px: int = 3,
     site_name: str = "",
     resampling: str = "cubic",
+    network: NetworkConfig | None = None,
 ) -> xr.Dataset:
     """Lazy cube of harmonised reflectance, SCL and validity on ``geobox``.
 
@@ -169,6 +316,8 @@ def load_cube(
         Stored as the ``site`` attribute.
     resampling
         Resampling of the reflectance bands (``cubic`` or ``bilinear``); SCL uses ``nearest``.
+    network
+        Retries and timeouts of COG reads over HTTP (:func:`gdal_options`); defaults if None.
 
     Returns
     -------
@@ -202,9 +351,10 @@ def load_cube(
     )
 
     times = [np.datetime64(_naive_utc(ordered[members[d][0]]), "ns") for d in day_list]
+    net = network or NetworkConfig()
     data: dict[str, xr.DataArray] = {}
     if agree:
-        raw = _odc_load(ordered, geobox, bands, days, chunk_px, resampling)
+        raw = _odc_load(ordered, geobox, bands, days, chunk_px, resampling, net)
         first = [members[d][0] for d in day_list]
         for b in bands:
             scale = xr.DataArray([radiometry[i][b].scale for i in first], dims="time")
@@ -213,7 +363,8 @@ def load_cube(
         data[SCL] = raw[SCL]
     else:
         log.info("Items of one day disagree on radiometry: harmonising each Item before fusing")
-        raw = _odc_load(ordered, geobox, bands, list(range(len(ordered))), chunk_px, resampling)
+        keys = list(range(len(ordered)))
+        raw = _odc_load(ordered, geobox, bands, keys, chunk_px, resampling, net)
         for b in bands:
             per_item = [
                 harmonise(raw[b].isel(time=i), radiometry[i][b].scale, radiometry[i][b].offset)
@@ -267,7 +418,10 @@ def aoi_mask(site: Site, geobox: GeoBox) -> np.ndarray:
 
 
 def load_site(
-    items: Sequence[pystac.Item], site: Site, load_cfg: LoadConfig
+    items: Sequence[pystac.Item],
+    site: Site,
+    load_cfg: LoadConfig,
+    network: NetworkConfig | None = None,
 ) -> tuple[xr.Dataset, dict[str, Any]]:
     """The cube of one site, with the dates that are too cloudy or empty dropped.
 
@@ -279,6 +433,8 @@ def load_site(
         The site; its grid is ``site.geobox(load_cfg.resolution_m)``.
     load_cfg
         Bands, chunking, mask dilation and the minimum valid fraction of the AOI.
+    network
+        Retries and timeouts of COG reads over HTTP; defaults when None.
 
     Returns
     -------
@@ -306,13 +462,14 @@ def load_site(
         load_cfg.chunk_px,
         dilation_px=load_cfg.cloud_dilation_px,
         site_name=site.name,
+        network=network,
     )
     aoi = aoi_mask(site, geobox)
     n_aoi = int(aoi.sum())
     if n_aoi == 0:
         raise DataError(f"site {site.name}: the AOI covers no pixel of its grid: check the seed")
     aoi_da = xr.DataArray(aoi, dims=("y", "x"))
-    with _reading(f"load {site.name}"):
+    with _reading(f"load {site.name}", [normalise_item(it) for it in items]):
         frac = ((ds["valid"] & aoi_da).sum(("y", "x")) / n_aoi).values.astype(float)
     dates = [str(np.datetime_as_string(t, unit="D")) for t in ds["time"].values]
     keep: list[int] = []

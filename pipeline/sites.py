@@ -96,9 +96,7 @@ class Site:
         """Zone index per pixel of ``geobox`` (0 = outside every zone, i + 1 = ``zones[i]``)."""
         from rasterio.features import rasterize
 
-        shapes = [
-            (mapping(self.to_utm(z.geometry)), i + 1) for i, z in enumerate(self.zones)
-        ]
+        shapes = [(mapping(self.to_utm(z.geometry)), i + 1) for i, z in enumerate(self.zones)]
         if not shapes:
             return np.zeros(geobox.shape, dtype=np.int16)
         return rasterize(
@@ -111,9 +109,7 @@ class Site:
 
     def to_geojson(self) -> dict:
         """The site as a GeoJSON FeatureCollection (the same layout as the seed file)."""
-        feats = [
-            {"type": "Feature", "properties": {"role": "aoi"}, "geometry": mapping(self.aoi)}
-        ]
+        feats = [{"type": "Feature", "properties": {"role": "aoi"}, "geometry": mapping(self.aoi)}]
         feats += [
             {
                 "type": "Feature",
@@ -135,7 +131,9 @@ def _check_lonlat(geom: BaseGeometry, where: str) -> None:
     if not geom.is_valid:
         raise SiteError(f"{where}: invalid polygon ({explain_validity(geom)}): redraw it")
     minx, miny, maxx, maxy = geom.bounds
-    if not (-180 <= minx <= 180 and -180 <= maxx <= 180 and -90 <= miny <= 90 and -90 <= maxy <= 90):
+    if not (
+        -180 <= minx <= 180 and -180 <= maxx <= 180 and -90 <= miny <= 90 and -90 <= maxy <= 90
+    ):
         raise SiteError(
             f"{where}: coordinates {geom.bounds} are not lon/lat degrees: GeoJSON wants [lon, lat]"
         )
@@ -171,7 +169,9 @@ def read_site(path: str | Path) -> Site:
     try:
         epsg = int(props["epsg"])
     except (KeyError, TypeError, ValueError):
-        raise SiteError(f"{p}: top-level properties.epsg (the UTM zone EPSG code) is missing") from None
+        raise SiteError(
+            f"{p}: top-level properties.epsg (the UTM zone EPSG code) is missing"
+        ) from None
     aoi = None
     zones: list[Zone] = []
     for i, feat in enumerate(doc.get("features", [])):
@@ -201,7 +201,9 @@ def read_site(path: str | Path) -> Site:
     for z in zones:
         if not aoi.intersects(z.geometry):
             raise SiteError(f"{p}: zone '{z.name}' lies outside the AOI: move it or grow the AOI")
-    return Site(name=name, title=str(props.get("title", name)), epsg=epsg, aoi=aoi, zones=tuple(zones))
+    return Site(
+        name=name, title=str(props.get("title", name)), epsg=epsg, aoi=aoi, zones=tuple(zones)
+    )
 
 
 def site_path(name: str, seeds_dir: str | Path = "seeds") -> Path:

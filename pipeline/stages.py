@@ -61,12 +61,14 @@ def run_demo_catalog(cfg: Config) -> Path:
 def run_search(cfg: Config, site_name: str) -> int:
     """Search the catalog for the site's Items and write ``items.json``; returns the Item count."""
     site, paths = _site(cfg, site_name)
-    items = catalog.search_items(cfg.catalog, site.aoi, cfg.dates.start, cfg.dates.end)
+    items = catalog.search_items(
+        cfg.catalog, site.aoi, cfg.dates.start, cfg.dates.end, network=cfg.network
+    )
     if len(items) == 0:
         raise DataError(
             f"no Items in {cfg.catalog.url} for site {site_name} between {cfg.dates.start} and "
-            f"{cfg.dates.end} with eo:cloud_cover <= {cfg.catalog.max_cloud_cover}: widen the dates "
-            "or the cloud limit"
+            f"{cfg.dates.end} with eo:cloud_cover <= {cfg.catalog.max_cloud_cover}: "
+            "widen the dates or the cloud limit"
         )
     catalog.write_items(items, paths.items)
     log.info("%s: %d Items -> %s", site_name, len(items), paths.items)
@@ -77,7 +79,7 @@ def run_load(cfg: Config, site_name: str) -> dict:
     """Load the site's Items onto the site grid and write ``cube.zarr`` and ``load.json``."""
     site, paths = _site(cfg, site_name)
     items = catalog.read_items(_require(paths.items, "search"))
-    cube, report = load.load_site(items, site, cfg.load)
+    cube, report = load.load_site(items, site, cfg.load, network=cfg.network)
     if cube.sizes.get("time", 0) == 0:
         raise DataError(
             f"site {site_name}: every date is mostly cloud or no data "
@@ -92,7 +94,7 @@ def run_load(cfg: Config, site_name: str) -> dict:
 
 
 def run_coregister(cfg: Config, site_name: str) -> dict:
-    """Co-register every date of the cube to a reference date; write ``aligned.zarr`` and ``coreg.json``."""
+    """Co-register each date to a reference date; write ``aligned.zarr`` and ``coreg.json``."""
     from pipeline import coregister
 
     _, paths = _site(cfg, site_name)
@@ -186,7 +188,20 @@ def run_detect(cfg: Config, site_name: str) -> int:
         "pairs": result.pairs,
     }
     write_json(paths.detections, fc)
+    _write_score(result.score, paths.change)
     return len(result.features)
+
+
+def _write_score(score: xr.DataArray, path: Path) -> None:
+    """Write the change score of every date pair to ``change.zarr`` (read by the report)."""
+    from pipeline.io_utils import atomic_dir
+
+    ds = xr.Dataset({"score": score.astype("float32")})
+    for name, coord in ds.coords.items():
+        if coord.dtype == object:
+            ds = ds.assign_coords({name: coord.astype(str)})
+    with atomic_dir(path) as tmp:
+        ds.to_zarr(tmp, mode="w", consolidated=True)
 
 
 def run_evaluate(cfg: Config, site_name: str) -> dict:
@@ -217,24 +232,54 @@ def run_evaluate(cfg: Config, site_name: str) -> dict:
 
 
 def run_report(cfg: Config, site_name: str) -> Path:
-    """Write the site's HTML report; returns its path."""
+    """Write the site's report folder and the index over sites; returns the report's path.
+
+    Besides the HTML, the folder holds the detections as GeoParquet, the change score of each
+    date pair as a COG and the results as a STAC Catalog (see :mod:`pipeline.report`). The
+    score is read from ``change.zarr`` when the detect stage wrote one, else recomputed here
+    from the aligned cube with the same detect parameters.
+    """
     from pipeline import report
+    from pipeline.progress import dask_progress
 
     site, paths = _site(cfg, site_name)
     cube = load.read_cube(_require(paths.aligned, "coregister"))
+    detections = read_json(_require(paths.detections, "detect"))
     metrics = read_json(paths.metrics) if paths.metrics.exists() else None
+    items = catalog.read_items(paths.items) if paths.items.exists() else []
+    with dask_progress(f"{site_name}: reading the cube"):
+        cube = cube.load()
+    if paths.change.exists():
+        score = xr.open_zarr(paths.change)["score"]
+    else:
+        from pipeline import detect
+
+        zones = site.zone_raster(site.geobox(cfg.load.resolution_m))
+        log.info("%s: no %s, recomputing the change score", site_name, paths.change)
+        score = detect.detect_cube(
+            cube,
+            zones,
+            [z.name for z in site.zones],
+            [z.kind for z in site.zones],
+            cfg.detect,
+            bands=[b for b in cfg.load.bands if b in cube],
+        ).score
     out = report.write_report(
         paths.reports,
         site_title=site.title,
         site_name=site.name,
         cube=cube,
-        detections=read_json(_require(paths.detections, "detect")),
+        detections=detections,
         coreg=read_json(_require(paths.coreg, "coregister")),
         load_report=read_json(_require(paths.load_report, "load")),
         metrics=metrics,
         zones_utm=[(z.name, site.to_utm(z.geometry)) for z in site.zones],
         simulated=bool(cube.attrs.get("simulated", 0)),
+        items=list(items),
+        score=score,
     )
+    report.update_index(paths.reports.parent)
+    log.info("%s: report -> %s", site_name, out)
     return Path(out)
 
 

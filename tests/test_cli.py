@@ -11,7 +11,10 @@ import pytest
 from pipeline.errors import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["demo-catalog", "search", "load", "coregister", "detect", "evaluate", "report", "run"]
+COMMANDS = [
+    "demo-catalog", "search", "load", "coregister", "detect", "evaluate", "report", "run",
+    "align", "pair", "watch",
+]  # fmt: skip
 
 
 def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -65,9 +68,7 @@ def test_malformed_config_is_one_line(tmp_path: Path, text: str) -> None:
 
 def test_missing_stage_input_names_the_stage(tmp_path: Path) -> None:
     cfg = tmp_path / "params.yaml"
-    cfg.write_text(
-        f"data_dir: {tmp_path / 'data'}\nseeds_dir: {ROOT / 'seeds'}\n"
-    )
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nseeds_dir: {ROOT / 'seeds'}\n")
     r = _run("--config", str(cfg), "detect", "--site", "tartus", cwd=tmp_path)
     assert r.returncode == EXIT_CODES["StageInputError"], r.stderr
     assert "basewatch coregister" in r.stderr

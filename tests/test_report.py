@@ -1,20 +1,32 @@
-"""Tests of pipeline.report on a tiny synthetic cube (3 dates, 60 x 60 px, EPSG:32636)."""
+"""Tests of pipeline.report, report_html and quicklook: a tiny synthetic cube, then the demo run.
+
+The synthetic cube has 3 dates of 60 x 60 px in EPSG:32636 with one object removed and one
+appeared at known pixels; the demo run (tests/demo_run.py) checks the real report stage, its
+index page and `dvc plots show` on the files it writes.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import shapely
 import xarray as xr
+from demo_run import ROOT, demo_run
 from PIL import Image
 from pyproj import Transformer
 from shapely.geometry import box, mapping
 
+from pipeline import quicklook
 from pipeline.errors import DataError
-from pipeline.report import _detections_px, _grid, write_index, write_report
+from pipeline.report import ALL_ZONES, OUTSIDE, occupancy, update_index, write_report
 
 X0, Y0, RES, N = 767_005.0, 3_921_595.0, 10.0, 60  # pixel centres; edges on the 60 m grid
 DATES = ["2024-11-02", "2024-11-07", "2024-11-12"]
@@ -44,28 +56,18 @@ def _cube(simulated: bool = True) -> xr.Dataset:
     dims = ("time", "y", "x")
     data = {b: (dims, base * f) for b, f in (("red", 1.0), ("green", 0.95), ("blue", 0.9))}
     data["valid"] = (dims, valid)
-    attrs = {"crs": "EPSG:32636", "site": "testsite"}
-    if simulated:
-        attrs["simulated"] = True
+    attrs = {"crs": "EPSG:32636", "site": "testsite", "simulated": int(simulated)}
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
 def _feature(did: str, kind: str, geom, before: str, after: str, zone: str | None) -> dict:
     c = geom.centroid
     props = {
-        "id": did,
-        "kind": kind,
-        "date_before": before,
-        "date_after": after,
-        "area_m2": 6600.0,
-        "score": 12.5,
-        "confidence": 0.97,
-        "zone": zone,
-        "zone_kind": "apron" if zone else None,
-        "n_pixels": 66,
-        "centroid_lon": c.x,
-        "centroid_lat": c.y,
-    }
+        "id": did, "kind": kind, "date_before": before, "date_after": after,
+        "date_before_latest": before, "area_m2": 6600.0, "score": 12.5, "confidence": 0.97,
+        "zone": zone, "zone_kind": "apron" if zone else None, "n_pixels": 66,
+        "centroid_lon": c.x, "centroid_lat": c.y, "transient": False,
+    }  # fmt: skip
     return {"type": "Feature", "geometry": mapping(geom), "properties": props}
 
 
@@ -73,10 +75,8 @@ def _detections() -> dict:
     return {
         "type": "FeatureCollection",
         "features": [
-            _feature(
-                "det-0001", "removed", _pixel_box(20, 26, 20, 31), DATES[1], DATES[2], "apron"
-            ),
-            _feature("det-0002", "appeared", _pixel_box(40, 44, 40, 50), DATES[0], DATES[1], None),
+            _feature("det-1", "removed", _pixel_box(20, 26, 20, 31), DATES[1], DATES[2], "apron"),
+            _feature("det-2", "appeared", _pixel_box(40, 44, 40, 50), DATES[0], DATES[1], None),
         ],
     }
 
@@ -94,13 +94,13 @@ COREG = {
 }  # fmt: skip
 LOAD = {
     "dates_kept": DATES,
-    "dates_dropped": [{"date": "2024-11-17", "valid_fraction": 0.02, "reason": "cloudy"}],
-    "n_items": 8,
+    "dates_dropped": [{"date": "2024-11-17", "valid_fraction": 0.02, "reason": "too cloudy"}],
+    "valid_fraction": {DATES[0]: 1.0, DATES[1]: 0.83, DATES[2]: 1.0, "2024-11-17": 0.02},
 }
+ZONES = [("apron", box(X0 + 150, Y0 - 300, X0 + 350, Y0 - 150))]
 
 
 def _write(out: Path, cube: xr.Dataset | None = None, **kw) -> Path:
-    zones = [("apron", box(X0 + 150, Y0 - 300, X0 + 350, Y0 - 150))]
     return write_report(
         out,
         site_title="Test site",
@@ -109,35 +109,78 @@ def _write(out: Path, cube: xr.Dataset | None = None, **kw) -> Path:
         detections=_detections(),
         coreg=COREG,
         load_report=LOAD,
-        zones_utm=zones,
+        zones_utm=ZONES,
         **kw,
     )
 
 
-def test_report_html_and_images(tmp_path: Path) -> None:
-    metrics = {"object_f1": 0.6667, "coreg_rmse_px": 0.12, "fn_event_ids": ["X:removed"]}
-    index = _write(tmp_path / "testsite", metrics=metrics)
-    assert index == tmp_path / "testsite" / "index.html"
+def test_occupancy_is_net_area_by_date_after() -> None:
+    props = [
+        {"kind": "removed", "date_after": "2024-11-07", "area_m2": 500.0, "zone": "a"},
+        {"kind": "appeared", "date_after": "2024-11-12", "area_m2": 200.0, "zone": "a"},
+        {"kind": "removed", "date_after": "2024-11-12", "area_m2": 300.0, "zone": "b"},
+        {"kind": "removed", "date_after": "2024-11-12", "area_m2": 900.0, "zone": None},
+        {"kind": "appeared", "date_after": "2024-11-07", "area_m2": 50.0, "zone": "a",
+         "transient": True},
+    ]  # fmt: skip
+    occ = occupancy(props, ["2024-11-02", "2024-11-07", "2024-11-12"], ["a", "b", "c"])
+    assert occ.dates == ["2024-11-02", "2024-11-07", "2024-11-12"]
+    assert occ.net_area_m2["a"] == [0.0, -500.0, -300.0]
+    assert occ.net_area_m2["b"] == [0.0, 0.0, -300.0]
+    assert occ.net_area_m2["c"] == [0.0, 0.0, 0.0]
+    assert occ.net_area_m2[ALL_ZONES] == [0.0, -500.0, -600.0]
+    assert occ.net_area_m2[OUTSIDE] == [0.0, 0.0, -900.0]
+    assert occ.counts == {"removed": [0, 1, 2], "appeared": [0, 1, 1]}  # transient counted
+    assert occ.rows()[2] == {
+        "date": "2024-11-12", "day": 10, "a": -300.0, "b": -300.0, "c": 0.0,
+        "all_zones": -600.0, "outside_zones": -900.0,
+    }  # fmt: skip
+
+
+def test_report_folder_contents(tmp_path: Path) -> None:
+    index = _write(tmp_path / "testsite", metrics={"object_f1": 0.6667, "fn_ids": ["X:removed"]})
+    folder = index.parent
     text = index.read_text()
-    for needle in ("det-0001", "det-0002", "shifted", "failed", "peak quality 0.05", "cloudy"):
+    for needle in ("det-1", "det-2", "shifted", "failed", "peak quality 0.05", "too cloudy"):
         assert needle in text
     assert "SIMULATED DEMO DATA" in text
-    assert "<td>apron</td><td class='num'>1</td><td class='num'>0</td>" in text  # per zone
-    assert "35.942731" in text  # lon/lat of det-0001 with 6 decimals
-    assert "coreg_rmse_px" in text and "X:removed" in text
+    assert "0.6667" in text and "X:removed" in text
+    lonlat = shapely.centroid(_pixel_box(20, 26, 20, 31))
+    assert f"{lonlat.x:.6f}" in text and f"{lonlat.y:.6f}" in text
     srcs = re.findall(r"src='([^']+)'", text)
-    assert "overview.png" in srcs
-    assert f"pair_{DATES[1]}_{DATES[2]}.png" in srcs
-    assert f"pair_{DATES[0]}_{DATES[1]}.png" in srcs
+    assert srcs[:2] == ["img/site_map.png", "img/occupancy.png"]
+    assert {"img/det-1.png", "img/det-2.png"} <= set(srcs)
+    for ref in srcs + re.findall(r"href='([^']+)'", text):
+        assert not ref.startswith(("/", "http:", "https:", "//")), ref
+    assert "<script src" not in text and '<link rel="stylesheet"' not in text
     for src in srcs:
-        assert not src.startswith(("/", "http")), "links must be relative"
-        with Image.open(index.parent / src) as img:
-            img.verify()
-        with Image.open(index.parent / src) as img:
-            assert img.format == "PNG"
-            assert 100 < img.size[0] <= 800
-    assert (index.parent / "detections.geojson").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["testsite"], "temporary folders left behind"
+        with Image.open(folder / src) as img:
+            assert img.format == "PNG" and 100 < img.size[0] <= 800
+    with (folder / "occupancy.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["date"] for r in rows] == DATES
+    assert [float(r["apron"]) for r in rows] == [0.0, 0.0, -6600.0]
+    assert [float(r["outside_zones"]) for r in rows] == [0.0, 6600.0, 6600.0]
+    with (folder / "detections_per_date.csv").open() as f:
+        assert [(r["removed"], r["appeared"]) for r in csv.DictReader(f)] == [
+            ("0", "0"), ("0", "1"), ("1", "0"),
+        ]  # fmt: skip
+    written = json.loads((folder / "detections.geojson").read_text())
+    assert written == json.loads(json.dumps(_detections()))
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["n_detections"] == 2 and summary["n_dates"] == 2  # DATES[2] failed
+    assert [p.name for p in tmp_path.iterdir()] == ["testsite"], "temporary folders left"
+
+
+def test_detections_table_is_sortable_markup(tmp_path: Path) -> None:
+    text = _write(tmp_path / "r").read_text()
+    table = text[text.index("<table class='sortable' id='detections-table'>") :]
+    table = table[: table.index("</table>")]
+    assert "<thead>" in table and "<tbody>" in table
+    assert table.count("<tr>") == 3  # header + 2 detections
+    assert "<td class='num' data-sort='6600.0'>" in table
+    assert "href='#det-1'" in table and "id='det-1'" in text
+    assert "addEventListener('click'" in text  # the inline sorter
 
 
 def test_banner_only_when_simulated(tmp_path: Path) -> None:
@@ -160,28 +203,105 @@ def test_rewrite_replaces_folder_and_failure_keeps_old(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["testsite"]
 
 
-def test_dask_cube_and_missing_pair_date(tmp_path: Path) -> None:
+def test_dask_cube_and_missing_date(tmp_path: Path) -> None:
     cube = _cube().chunk({"time": 1, "y": 30, "x": 30}).isel(time=[0, 1])
     text = _write(tmp_path / "r", cube=cube).read_text()
-    assert "not in the cube" in text  # the pair ending on DATES[2]
-    assert (tmp_path / "r" / f"pair_{DATES[0]}_{DATES[1]}.png").exists()
+    assert "a date of this detection is not in the cube" in text  # det-1 ends on DATES[2]
+    assert (tmp_path / "r" / "img" / "det-2.png").exists()
+    assert not (tmp_path / "r" / "img" / "det-1.png").exists()
 
 
 def test_detections_land_on_their_pixels() -> None:
-    crs, affine = _grid(_cube())
-    assert crs == "EPSG:32636"
-    dets = _detections_px(_detections(), crs, affine)
-    bounds = {p["id"]: g.bounds for p, g in dets}  # (col, row) pixel-centre coordinates
-    assert bounds["det-0001"] == pytest.approx((19.5, 19.5, 30.5, 25.5), abs=1e-3)
-    assert bounds["det-0002"] == pytest.approx((39.5, 39.5, 49.5, 43.5), abs=1e-3)
+    dets = quicklook.detections_on_grid(_detections(), _cube())
+    bounds = {d.props["id"]: d.geom.bounds for d in dets}  # (col, row), pixel centres at ints
+    assert bounds["det-1"] == pytest.approx((19.5, 19.5, 30.5, 25.5), abs=1e-3)
+    assert bounds["det-2"] == pytest.approx((39.5, 39.5, 49.5, 43.5), abs=1e-3)
+    rows, cols = quicklook.crop_window(dets[1].geom, (N, N))  # sorted by date_after: det-1
+    assert rows.start <= 19 and rows.stop >= 26 and cols.start <= 19 and cols.stop >= 31
+    assert rows.stop - rows.start >= quicklook.CROP_MIN_PX
 
 
-def test_write_index(tmp_path: Path) -> None:
-    sites = [
-        {"name": "khmeimim", "title": "Khmeimim air base", "n_detections": 7, "simulated": True},
-        {"name": "tartus", "title": "Tartus <naval>", "object_f1": 0.5},
-    ]
-    text = write_index(tmp_path, sites).read_text()
-    assert "href='khmeimim/index.html'" in text and "href='tartus/index.html'" in text
-    assert "Tartus &lt;naval&gt;" in text
-    assert "SIMULATED DEMO DATA" in text
+def test_triptych_uses_one_stretch_for_both_dates() -> None:
+    cube = _cube()
+    tc = quicklook.TrueColour(cube)
+    rs, cs = slice(15, 35), slice(15, 35)
+    lo, hi = tc.limits([1, 2], rs, cs)
+    assert np.all(lo == lo[0]) and np.all(hi == hi[0])  # one range for the three bands
+    before, after = tc.image(1, rs, cs, (lo, hi)), tc.image(2, rs, cs, (lo, hi))
+    # Background pixels have the same reflectance up to noise on both dates: same display.
+    assert abs(before[0, 0].mean() - after[0, 0].mean()) < 0.2
+    # The removed object is bright before and background after.
+    assert before[8, 8].mean() > after[8, 8].mean() + 0.3
+    det = quicklook.detections_on_grid(_detections(), cube)[1]
+    assert det.props["id"] == "det-1"
+    fig = quicklook.triptych_figure(tc, det)
+    assert fig is not None and len(fig.axes) == 4  # 3 panels + colour bar
+    assert fig.axes[0].get_title() == f"before {DATES[1]}"
+    assert fig.axes[1].get_title() == f"after {DATES[2]}"
+
+
+def test_update_index_lists_sites_with_a_report(tmp_path: Path) -> None:
+    _write(tmp_path / "testsite")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "index.html").write_text("<html></html>")
+    text = update_index(tmp_path).read_text()
+    assert "href='testsite/index.html'" in text and "href='plain/index.html'" in text
+    assert "empty/index.html" not in text
+    assert "Test site" in text and "SIMULATED DEMO DATA" in text
+
+
+# ------------------------------------------------------------------------- the demo run
+
+
+def test_demo_report(tmp_path: Path) -> None:
+    run = demo_run()
+    folder = run.paths.reports
+    text = (folder / "index.html").read_text()
+    fc = json.loads(run.paths.detections.read_text())
+    assert fc["features"], "the demo run should detect something"
+    for feat in fc["features"]:
+        did = feat["properties"]["id"]
+        assert f"id='{did}'" in text
+        assert (folder / "img" / f"{did}.png").is_file()
+    items = json.loads(run.paths.items.read_text())["features"]
+    assert all(it["id"] in text for it in items)  # every scene listed
+    header = (folder / "occupancy.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["date", "day"] and {"pier-west", "all_zones"} <= set(header)
+    index = (run.paths.reports.parent / "index.html").read_text()
+    assert "href='tartus/index.html'" in index
+
+
+def test_dvc_plots_show_renders_the_report_tables(tmp_path: Path) -> None:
+    run = demo_run()
+    dvc = Path(sys.executable).with_name("dvc")
+    if not dvc.exists():
+        pytest.skip(f"dvc not installed at {dvc}")
+    (tmp_path / "configs").mkdir()
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    shutil.copy(ROOT / "configs" / "params.yaml", tmp_path / "configs")
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=60)
+    shutil.copytree(ROOT / ".dvc" / "plots", tmp_path / ".dvc" / "plots")
+    shutil.copytree(run.paths.reports, tmp_path / "reports" / "tartus")
+    r = subprocess.run(
+        [dvc, "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    # Only the site the demo run did not make (khmeimim) is missing.
+    assert all("khmeimim" in e["source"] for e in out.get("errors", [])), out.get("errors")
+    occ = out["data"]["occupancy"][0]["content"]
+    assert occ["encoding"]["x"]["type"] == "temporal"
+    values = occ["data"]["values"]
+    dates = [v["date"] for v in values if "tartus" in v["filename"]]
+    assert dates == sorted(dates) and len(dates) >= 2
+    counts = out["data"]["detections_per_date"][0]["content"]["data"]["values"]
+    # One row per (file, column): the y value is in dvc_inferred_y_value.
+    total = sum(int(v["dvc_inferred_y_value"]) for v in counts if "tartus" in v["filename::field"])
+    n_features = len(json.loads(run.paths.detections.read_text())["features"])
+    assert total == n_features
+    html = subprocess.run(
+        [dvc, "plots", "show", "-o", str(tmp_path / "html")], cwd=tmp_path, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert (tmp_path / "html" / "index.html").is_file(), html.stderr

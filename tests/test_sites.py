@@ -82,8 +82,23 @@ def _square(x0: float, y0: float, d: float) -> dict:
         ([{"role": "aoi", "geometry": _square(35.9, 35.4, 0.01)}], {}, "epsg"),
         ([{"role": "aoi", "geometry": _square(35.4, 135.9, 0.01)}], {"epsg": 32636}, "lon/lat"),
         (
-            [{"role": "aoi", "geometry": {"type": "Polygon", "coordinates": [
-                [[35.9, 35.4], [35.91, 35.41], [35.91, 35.4], [35.9, 35.41], [35.9, 35.4]]]}}],
+            [
+                {
+                    "role": "aoi",
+                    "geometry": {
+                        "type": "Polygon",
+                        "coordinates": [
+                            [
+                                [35.9, 35.4],
+                                [35.91, 35.41],
+                                [35.91, 35.4],
+                                [35.9, 35.41],
+                                [35.9, 35.4],
+                            ]
+                        ],
+                    },
+                }
+            ],
             {"epsg": 32636},
             "invalid polygon",
         ),
@@ -102,8 +117,11 @@ def test_bad_site_files(tmp_path: Path, features: list, props: dict, needle: str
         "type": "FeatureCollection",
         "properties": props,
         "features": [
-            {"type": "Feature", "properties": {k: v for k, v in f.items() if k != "geometry"},
-             "geometry": f["geometry"]}
+            {
+                "type": "Feature",
+                "properties": {k: v for k, v in f.items() if k != "geometry"},
+                "geometry": f["geometry"],
+            }
             for f in features
         ],
     }

@@ -1,0 +1,171 @@
+"""The detection sweep: generated scenes, their truth, the scoring, and a fast run of the chain.
+
+Not a benchmark (see ``benchmarks/bench_detect.py``): these check that the machinery measures
+what it says, and that the detector finds big objects in a clear scene.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from shapely.geometry import shape
+
+from pipeline.config import Config
+from pipeline.sweep import (
+    NOMINAL_CONTRAST,
+    coregister_cube,
+    default_plan,
+    run_scenario,
+    score_scene,
+    summarise,
+)
+from pipeline.sweep_scene import BANDS, ROLES, Scenario, SweepScene, make_scene
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_detect.py"
+SMALL = Scenario(0.2, 0.5, NOMINAL_CONTRAST, (20.0, 60.0, 130.0), 6, seed=4)
+
+
+@pytest.fixture(scope="module")
+def scene() -> SweepScene:
+    return make_scene(SMALL)
+
+
+def test_scene_cube_and_truth(scene: SweepScene) -> None:
+    cube, truth = scene.cube, scene.truth
+    n = SMALL.grid_px
+    assert dict(cube.sizes) == {"time": 6, "y": n, "x": n}
+    assert set(cube.data_vars) == {*BANDS, "valid"}  # the detector sees bands and masks only
+    assert cube.attrs["crs"] == "EPSG:32636" and cube["valid"].dtype == bool
+    for b in BANDS:
+        values = cube[b].values
+        assert values.dtype == np.float32
+        assert np.isnan(values[~cube["valid"].values]).all()
+        assert 0.0 < np.nanmedian(values) < 0.6
+    assert 0.0 < 1 - cube["valid"].values.mean() < 0.8  # clouds, shadows and their dilation
+    assert len(truth["objects"]) == len(SMALL.sizes_m) * len(ROLES)
+    assert len(truth["events"]) == len(SMALL.sizes_m) * sum(r != "static" for r in ROLES)
+    for ev in truth["events"]:
+        obj = next(o for o in truth["objects"] if o["id"] == ev["object_id"])
+        i = truth["dates"].index(ev["first_after"])
+        assert truth["dates"][i - 1] == ev["last_before"]
+        present = ev["first_after"] in obj["present"]
+        assert present == (ev["kind"] == "appeared")
+        assert (ev["last_before"] in obj["present"]) == (ev["kind"] == "removed")
+        # the footprint polygon is the object's size, in lon/lat near Khmeimim
+        g = shape(obj["geometry"])
+        assert 35.85 < g.centroid.x < 36.05 and 35.3 < g.centroid.y < 35.5
+    assert all(len(o["present"]) == 6 for o in truth["objects"] if o["role"] == "static")
+    assert any(ev["observable"] for ev in truth["events"])
+    shifts = np.array([[s["shift_x_px"], s["shift_y_px"]] for s in truth["shifts"].values()])
+    assert np.hypot(shifts[:, 0], shifts[:, 1]).max() <= 0.5 + 1e-9
+
+
+def test_scene_is_reproducible_and_contrast_changes_objects_only() -> None:
+    a = make_scene(SMALL).cube
+    b = make_scene(SMALL).cube
+    np.testing.assert_array_equal(a["nir"].values, b["nir"].values)
+    faint = make_scene(Scenario(0.2, 0.5, 0.03, SMALL.sizes_m, 6, seed=4))
+    np.testing.assert_array_equal(a["valid"].values, faint.cube["valid"].values)  # same sky
+    diff = np.abs(np.nan_to_num(a["red"].values - faint.cube["red"].values))
+    assert 0 < (diff > 0.005).mean() < 0.1  # only around the objects
+
+
+def test_coregister_cube_recovers_the_shifts(scene: SweepScene) -> None:
+    aligned, report = coregister_cube(scene.cube, Config().coregister)
+    ref = scene.truth["shifts"][report["reference_date"]]
+    for rec in report["dates"]:
+        if rec["status"] == "failed":
+            continue
+        want = scene.truth["shifts"][rec["date"]]
+        assert rec["shift_x_px"] == pytest.approx(want["shift_x_px"] - ref["shift_x_px"], abs=0.1)
+        assert rec["shift_y_px"] == pytest.approx(want["shift_y_px"] - ref["shift_y_px"], abs=0.1)
+    assert aligned.sizes["time"] >= 5 and aligned["valid"].values.mean() > 0.3
+
+
+def _perfect(truth: dict) -> list[dict]:
+    """One exact detection per observable event: its footprint, kind and dates."""
+    objects = {o["id"]: o for o in truth["objects"]}
+    feats = []
+    for i, ev in enumerate(truth["events"]):
+        if ev["observable"]:
+            props = {
+                "id": f"d{i}",
+                "kind": ev["kind"],
+                "date_before": ev["last_before"],
+                "date_before_latest": ev["last_before"],
+                "date_after": ev["first_after"],
+                "centroid_lon": 0.0,
+                "centroid_lat": 0.0,
+            }
+            feats.append(
+                {
+                    "type": "Feature",
+                    "geometry": objects[ev["object_id"]]["geometry"],
+                    "properties": props,
+                }
+            )
+    return feats
+
+
+def test_score_scene_counts(scene: SweepScene) -> None:
+    truth = scene.truth
+    feats = _perfect(truth)
+    r = score_scene(feats, truth, truth["dates"])
+    n_obs = sum(e["observable"] for e in truth["events"])
+    assert sum(v[0] for v in r["by_size"].values()) == sum(v[1] for v in r["by_size"].values())
+    assert sum(v[1] for v in r["by_size"].values()) == n_obs
+    assert r["fp"] == 0 and r["tp"] == n_obs
+    assert r["removals_found"] == r["removals_dated"] > 0
+    # a false alarm far from any object, a wrong kind, and a removal dated too late
+    lon0, lat0 = shape(truth["objects"][0]["geometry"]).centroid.coords[0]
+    extra = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [lon0 + 0.05, lat0 + 0.05]},
+        "properties": {**feats[0]["properties"], "id": "fa", "kind": "removed"},
+    }
+    extra["properties"]["centroid_lon"] = lon0 + 0.05
+    extra["properties"]["centroid_lat"] = lat0 + 0.05
+    wrong = [{**f, "properties": {**f["properties"], "kind": "appeared"}} for f in feats]
+    r2 = score_scene([*feats, extra], truth, truth["dates"], scene.cube["valid"].values)
+    assert r2["fp"] == 1 and r2["fp_ids"] == ["fa"] and sum(r2["fp_causes"].values()) == 1
+    r3 = score_scene(wrong, truth, truth["dates"])
+    removed = sum(e["observable"] and e["kind"] == "removed" for e in truth["events"])
+    assert r3["fp"] == removed and r3["removals_found"] == 0
+    late = []
+    for f in feats:
+        p = dict(f["properties"])
+        if p["kind"] == "removed":
+            i = truth["dates"].index(p["date_before"])
+            p["date_before"] = truth["dates"][min(i + 1, len(truth["dates"]) - 1)]
+        late.append({**f, "properties": p})
+    r4 = score_scene(late, truth, truth["dates"])
+    assert r4["removals_dated"] < r4["removals_found"]
+
+
+def test_quick_sweep_finds_big_objects(tmp_path: Path) -> None:
+    cfg = Config()
+    plan = default_plan(quick=True)
+    assert len(plan) == 3
+    clear = run_scenario(plan[0], cfg.detect, cfg.coregister)
+    assert clear["n_pairs"] == plan[0].n_dates - 1 and clear["masked_fraction"] == 0.0
+    big = [clear["by_size"][k] for k in ("60", "130")]
+    assert sum(h for h, _ in big) >= 0.8 * sum(n for _, n in big)  # big objects are found
+    assert sum(n for _, n in big) == 2 * sum(r != "static" for r in ROLES)
+    cloudy = run_scenario(plan[1], cfg.detect, cfg.coregister)
+    summary = summarise([clear, cloudy])
+    env = summary["envelope"]
+    assert env["n_scenes"] == 2 and set(env["meets"]) == set(env["targets"])
+    assert [c["size_m"] for c in env["curve"]] == sorted(c["size_m"] for c in env["curve"])
+    assert 0 <= env["precision"] <= 1 and env["false_alarms_per_km2_date"] >= 0
+    assert sum(env["false_alarm_causes"].values()) == env["fp_detections"]
+    assert summary["scenes"][1]["cloud_fraction"] == 0.3
+    json.dumps(summary)  # JSON-ready
+    spec = importlib.util.spec_from_file_location("bench_detect", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.plot_curves(summary, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 5000

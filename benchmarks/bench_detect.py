@@ -4,6 +4,7 @@ Run from the project root (prints one JSON object; about 2-3 minutes on 2 cores)
 
     .venv/bin/python benchmarks/bench_detect.py [--quick] [--seeds 0 1] [--jobs 2]
         [--plot docs/img/detectability.png] [--oscd ../shared/data/oscd]
+        [--set KEY=VALUE ...] [--ablation]
 
 The sweep (:mod:`pipeline.sweep`, scenes from :mod:`pipeline.sweep_scene`) generates small
 time series of 8 dates with planted objects of 10 to 130 m that are removed, appear, or stay,
@@ -20,6 +21,11 @@ detector never sees the truth. Reported (pooled over scenes):
 - ``curves``: the detectability curve of the envelope, of each other contrast and of 1 px
   misregistration; ``by_contrast``, ``by_misregistration``, ``by_cloud``: the same figures per
   setting; ``scenes``: one line per scene.
+
+``--set`` overrides a ``detect`` parameter for the run. ``--ablation`` reruns the sweep with
+each cloud check beyond the SCL switched off in turn (:data:`ABLATIONS`) and reports, per
+variant, the envelope's precision, recall and false alarms (with what they lie on): what each
+check adds.
 
 ``--plot`` draws the curves (``docs/img/detectability.png``, shown in the README). ``--oscd``
 adds, for each OSCD city found, the pixel precision/recall/F1 of ``basewatch pair --mode area``
@@ -40,9 +46,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_config
+from pipeline.config import CoregisterConfig, DetectConfig, load_config
 from pipeline.sweep import default_plan, run_scenario, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +135,47 @@ def oscd_figures(oscd: Path, config: Any) -> dict[str, Any]:
     return out
 
 
+ABLATIONS: dict[str, dict[str, str]] = {
+    "no excursion mask": {"excursion_mask": "false"},
+    "no shadow form": {"shadow_model": "false"},
+    "no haze form": {"haze_model": "false"},
+    "no cloud-distance rule": {"one_date_cloud_distance_px": "0"},
+    "no end check": {"end_check": "false"},
+    "SCL only": {
+        "excursion_mask": "false",
+        "one_date_cloud_distance_px": "0",
+        "end_check": "false",
+    },
+}
+"""The cloud checks beyond the SCL, each switched off in turn (``--ablation``)."""
+
+
+def _with(cfg: DetectConfig, overrides: dict[str, str]) -> DetectConfig:
+    """``cfg`` with YAML-parsed overrides (validated again)."""
+    if not overrides:
+        return cfg
+    values = {k: yaml.safe_load(v) for k, v in overrides.items()}
+    return DetectConfig.model_validate({**cfg.model_dump(), **values})
+
+
+def _sweep(
+    plan: list, detect_cfg: DetectConfig, coreg_cfg: CoregisterConfig, jobs: int
+) -> list[dict]:
+    """Run every scene of ``plan`` (in ``jobs`` processes)."""
+    work = [(s, detect_cfg, coreg_cfg) for s in plan]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            return list(pool.map(_one, work))
+    return [_one(w) for w in work]
+
+
+def _headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The envelope figures a cloud check moves: precision, recall, false alarms."""
+    env = summary.get("envelope", {})
+    keys = ("precision", "recall", "false_alarms_per_km2_date", "false_alarm_causes")
+    return {k: env[k] for k in keys if k in env}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep, print the JSON summary, optionally plot and score OSCD."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -138,17 +187,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None, help="Config YAML (params.yaml).")
     parser.add_argument("--plot", type=Path, default=None, help="Write the curves as a PNG.")
     parser.add_argument("--oscd", type=Path, default=None, help="OSCD folder (../shared/...).")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a detect parameter (YAML value), e.g. --set excursion_mask=false.",
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="Also rerun the sweep with each cloud check beyond the SCL switched off.",
+    )
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
+    detect_cfg = _with(config.detect, dict(o.split("=", 1) for o in args.overrides))
     plan = default_plan(quick=args.quick, seeds=args.seeds)
     t0 = time.perf_counter()
-    work = [(s, config.detect, config.coregister) for s in plan]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            records = list(pool.map(_one, work))
-    else:
-        records = [_one(w) for w in work]
+    records = _sweep(plan, detect_cfg, config.coregister, args.jobs)
     summary = summarise(records)
     result: dict[str, Any] = {
         "benchmark": "detect",
@@ -158,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         "platform": {"python": platform.python_version(), "cpus": os.cpu_count()},
         **summary,
     }
+    if args.ablation:
+        result["ablation"] = {
+            name: _headline(
+                summarise(_sweep(plan, _with(detect_cfg, o), config.coregister, args.jobs))
+            )
+            for name, o in ABLATIONS.items()
+        }
+        result["ablation"]["all checks"] = _headline(summary)
     if args.plot is not None:
         plot_curves(summary, args.plot)
         result["plot"] = str(args.plot)

@@ -169,6 +169,161 @@ class DetectConfig(_Strict):
         description="Pixels sampled (regular grid) per date pair for the gain/offset fit, the "
         "noise sigma and the null calibration.",
     )
+    # --- the multi-date method (pipeline.detect, pipeline.multidate, pipeline.clouds) ---
+    method: Literal["multidate", "pairwise"] = Field(
+        "multidate",
+        description="multidate: every break between two valid dates is tested with windows of "
+        "valid dates before and after it (clouds and one-date excursions handled over the "
+        "whole series); pairwise: each date against the last clear view before it (the core "
+        "of `basewatch pair`; the keys above apply).",
+    )
+    window_dates: int = Field(
+        3,
+        ge=1,
+        le=12,
+        description="Largest number of valid dates averaged on each side of a break. More "
+        "dates: more power and more robustness to one bad date, but a short-lived object (an "
+        "aircraft for two passes) fills less of a window.",
+    )
+    series_false_alarm_rate: float = Field(
+        1.0e-9,
+        gt=0,
+        lt=1,
+        description="Per-pixel, per-break probability under the chi-square noise model that an "
+        "unchanged pixel passes the seed threshold of the multi-date test. Far below one over "
+        "the number of tests (about 2e6 per site) because the real noise has heavier tails "
+        "than the model (texture, resampling, tile fusion); grown by grow_false_alarm_rate.",
+    )
+    max_changes: int = Field(
+        4, ge=1, description="Most changes per pixel bounding the windows of the others."
+    )
+    drift: bool = Field(
+        True,
+        description="Remove each pixel's slow drift (median consecutive slope, smoothed over "
+        "drift_window_px) before the step test: a field greening is a slope, not a step.",
+    )
+    drift_window_px: int = Field(
+        6, ge=3, description="Side (px) of the window smoothing the drift rates."
+    )
+    drift_residual_sd: float = Field(
+        0.7,
+        ge=0,
+        description="Drift left in a pixel after the smoothed drift is taken out (noise sigmas "
+        "per 30 days: fields are not uniform, growth is not linear); adds (dt x this)^2 to the "
+        "variance of a step whose windows are dt apart.",
+    )
+    series_noise_trim: float = Field(
+        0.15,
+        ge=0,
+        lt=0.5,
+        description="Share of each pixel's largest consecutive differences left out when "
+        "estimating its own noise (the real changes); the noise of an observation is at least "
+        "that pixel noise.",
+    )
+    structure_window_px: int = Field(
+        31,
+        ge=3,
+        description="Side (px) of the window over which each date's texture noise (residual "
+        "misregistration, resampling, reprojection of a second tile) is fitted against the "
+        "image gradient.",
+    )
+    excursion_mask: bool = Field(
+        True,
+        description="Mask one-date departures whose spectral shape is cloud, haze or shadow "
+        "(the SCL missed them), then retest.",
+    )
+    shadow_model: bool = Field(
+        True, description="Allow the shadow form (proportional darkening) in the cloud check."
+    )
+    haze_model: bool = Field(
+        True, description="Allow a thin-haze term (lambda^-2, blue most) in the cloud check."
+    )
+    cloud_brightness: tuple[float, float] = Field(
+        (0.5, 1.6),
+        description="Range of a cloud's brightness relative to a typical cloud top (0.55 in "
+        "the visible): a departure mixing towards something darker is not a cloud.",
+    )
+    atmosphere_max_unexplained: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="A departure whose best cloud/haze/shadow fit leaves at most this share of "
+        "its energy (noise-weighted, over the region) is atmospheric; clouds leave under 2 %, "
+        "a ship on water or a vehicle on soil several times more.",
+    )
+    excursion_false_alarm_rate: float = Field(
+        1.0e-4,
+        gt=0,
+        lt=1,
+        description="Seed rate (chi-square) of candidate one-date departures tested for cloud.",
+    )
+    excursion_dilation_px: int = Field(
+        2, ge=0, description="Margin (px) masked around a departure found atmospheric."
+    )
+    excursion_passes: int = Field(
+        2, ge=1, le=5, description="Masking passes (a cloud spoils its neighbours' test)."
+    )
+    one_date_objects: bool = Field(
+        True,
+        description="Report strong object-like one-date departures (a ship anchored for one "
+        "pass) as an appearance and a removal (transient=true).",
+    )
+    end_check: bool = Field(
+        True,
+        description="Drop a change seen on one date only at either end of the series (or "
+        "between clouds) when its spectral shape is atmospheric.",
+    )
+    region_mean_test: bool = Field(
+        False,
+        description="Multi-date method: keep a change region only when its mean statistic "
+        "passes the seed threshold (every pixel of a changed object changed; a noise spike "
+        "grown into its fringe by the hysteresis does not).",
+    )
+    min_seed_pixels: int = Field(
+        3,
+        ge=1,
+        description="Multi-date method: fewest pixels of a change region above the seed "
+        "threshold. Noise and texture pass it in isolated pixels; an object of 30 m or more, "
+        "spread by the PSF over 10 m pixels, in several.",
+    )
+    one_date_cloud_distance_px: int = Field(
+        10,
+        ge=0,
+        description="A one-date object within this distance (px) of a pixel masked on its date "
+        "(SCL, or an excursion found atmospheric) is dropped: the unflagged edge of a cloud or "
+        "its shadow, not an object. 0 disables.",
+    )
+    sign_method: Literal["background", "ring"] = Field(
+        "background",
+        description="Multi-date method: how a change is signed (removed: the after view is the "
+        "empty surface). background: which view is closer to the median of the quiet pixels "
+        "within sign_window_px, or in a surface zone to the zone's most common surface (its "
+        "half-sample mode); ring: which view the mixtures of two quiet pixels just around the "
+        "region explain better.",
+    )
+    sign_surface_zone_kinds: tuple[str, ...] = Field(
+        ("apron", "runway", "taxiway", "parking", "hardstand"),
+        description="Zone kinds whose own surface carries the objects (an aircraft stands on "
+        "the apron): their background comes from their own quiet pixels. Elsewhere (a ship "
+        "moors beside a pier, on water) it comes from all quiet pixels around.",
+    )
+    sign_window_px: int = Field(
+        24, ge=6, description="Side (px) of the background window of sign_method background."
+    )
+    sign_ring_px: int = Field(
+        1,
+        ge=1,
+        le=4,
+        description="Width (px) of the surroundings that sign a change: removed when the after "
+        "view is the better explained as a mixture of two surrounding pixels.",
+    )
+    series_sign_split_fraction: float = Field(
+        0.2,
+        ge=0,
+        le=0.5,
+        description="Multi-date method: a change region whose minority sign holds more than "
+        "this share of the (score x margin)-weighted vote is split into signed parts.",
+    )
 
 
 class EvaluateConfig(_Strict):

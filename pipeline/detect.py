@@ -1,291 +1,102 @@
-"""The change core: signed changes between each date and the last clear view before it (pure).
+"""The change core: signed objects (removed / appeared) over a stack of dates, dated (pure).
 
-Method of :func:`detect_cube` (input: an aligned cube, see ``notes/CONTEXT.md``):
+:func:`detect_cube` runs one of two methods (``detect.method``):
 
-1. **Last valid view.** For each date ``t > 0`` every pixel is compared with its *last valid*
-   observation before ``t`` (a forward fill along time over ``valid``, one vectorised step per
-   date). A change hidden by cloud on one date is found at the next clear date, once. The filled
-   view is a mosaic of dates, so after each pair the pixels not refreshed are carried into the new
-   date's radiometry by that pair's gain/offset: the before view stays one consistent image.
-2. **Radiometry and noise** (:mod:`pipeline.normalise`, on a sample): per band a robust symmetric
-   gain/offset of the after view on the before view; the level and robust (MAD) sigma of the
-   normalised difference per *before date* (a view from weeks ago carries crop and soil change);
-   the robust band correlation of the noise.
-3. **Pair kernel** (:func:`pair_change`, numpy or dask). ``d_b`` = normalised difference minus
-   its before-date level minus its *local* level (median of block medians over
-   ``local_window_px``: change wider than that, a field greening or a veil of haze, is no object).
-   ``z_b = d_b / sigma_eff_b`` with ``sigma_eff_b^2 = max(sigma_group_b, local MAD)^2 +
-   (registration_noise_px * |grad|)^2 + (resampling_blur_px2 * laplacian)^2``; gradient and
-   Laplacian are the smaller of the two views' (a static edge or a town's fine texture, present in
-   both, is not change; an object present in one view only is not damped). Optional Gaussian
-   smoothing of ``z``. Score ``||W z||^2`` (Mahalanobis with the robust band correlation:
-   chi-square with ``B`` dof under no change), divided by its null scale ``max(1, median score /
-   median of chi-square)`` (it may raise the thresholds, never lower them).
-4. **Thin-cloud guard.** SCL misses thin cloud edges and faint puffs beside the clouds it flags.
-   At date ``t``, a pixel within ``haze_distance_px`` of a transient cloud (invalid at ``t`` but
-   valid on most dates: surfaces SCL flags on most dates, like bright concrete, do not count)
-   whose view changed (score above the grow threshold, or blue up by more than ``haze_z``
-   sigmas) is deferred: not scored at ``t`` and not used as a later before view. A real change
-   there is found at the next clear view (wider interval); a puff of cloud is not seen again.
-5. **Sign.** ``removed`` margin = ``sum_b ((before_b - bg_before_b)/sigma_b)^2 - sum_b
-   ((after_b - bg_after_b)/sigma_b)^2``: positive when the after view is spectrally closer to
-   its surroundings than the before view, i.e. something left (bright or dark alike: distance,
-   not the sign of the difference). The background is that of the *quiet* (unchanged) pixels only,
-   finest window first (:func:`pipeline.neighbourhood.surroundings`), so it is the object's near
-   surroundings whatever its size.
-6. **Objects** (:func:`segment_pair`, numpy, after one ``dask.compute`` of every pair's score,
-   margin and before-date index: labelling must see whole regions across chunk borders). Seeds at
-   the chi-square quantile ``1 - false_alarm_rate``, grown by hysteresis to ``1 -
-   grow_false_alarm_rate`` (8-connectivity); a region takes its majority sign unless its minority
-   exceeds ``sign_split_fraction``, then it is split into signed components; a component needs a
-   seed and at least ``min_area_m2``.
-7. **Transients** (:func:`transient_objects`). An object whose core is, at its next clear view,
-   mostly covered by objects of the opposite kind (appeared then removed, or the reverse) is
-   flagged ``transient``: usually a cloud or shadow SCL missed, sometimes an object present on one
-   date only. ``drop_transients`` drops both.
-8. **Interval.** Per pixel the change lies after its last valid view ``b_i`` and by ``t``. An
-   object may join pixels whose last clear views differ (a cloud over part of it): only the
-   *earliest* ``b_i`` gives an interval that holds the change of every pixel in it, so
-   ``date_before`` = earliest last-valid date over the object's seed pixels (seeds only: a weak
-   fringe pixel, possibly noise, must not widen it). ``date_before_latest`` is the latest one, the
-   tight bound when the object is a single event. ``date_after`` = the date ``t``.
-9. **Confidence** = ``(1 - p)^N``, ``p`` = chi-square tail probability of the object's peak
-   score, ``N`` = pixels scored in that pair: the probability that no unchanged pixel of the whole
-   pair would score as high, under the noise model. It ignores the area requirement, so it is
-   conservative for objects near the threshold (about ``exp(-N * false_alarm_rate)``). ``score``
-   is the object's mean score, ``score_peak`` its largest (chi-square units).
+- ``pairwise`` (:mod:`pipeline.pairwise`): each date against the last clear view before it;
+  its kernel :func:`pair_change` is the two-date core (``basewatch pair``).
+- ``multidate`` (the default, here): every valid observation of a pixel is used.
+
+Method of the multi-date path (input: an aligned cube, see ``notes/CONTEXT.md``):
+
+1. **Radiometry** (:func:`pipeline.noise.normalise_stack`): each date's gain and offset per band
+   onto the temporal median reference.
+2. **Noise** (:func:`pipeline.noise.noise_model`, :func:`pipeline.multidate.series_noise`): the
+   local change level of each date is taken out; each observation gets a variance from its
+   date's noise, the local spread, the texture noise of that date there, and at least the
+   pixel's own series noise; each pixel's slow drift rate (smoothed over
+   ``drift_window_px``) is taken out of its series.
+3. **Clouds beyond the SCL** (:func:`pipeline.clouds.clean_excursions`): one-date departures
+   that fit a cloud, haze or shadow are masked (with a margin), repeatedly; strong object-like
+   one-date departures are one-date objects (a ship anchored for one pass).
+4. **Multi-date test** (:func:`pipeline.multidate.series_change`): at every break between two
+   valid observations, the mean of up to ``window_dates`` dates before against up to
+   ``window_dates`` after, windows bounded by the pixel's other changes: chi-square with
+   ``B`` dof under no change, divided by its null scale ``max(1, median / chi-square
+   median)``. The break's date interval is exact: the pixel's last valid date before it and
+   its date.
+5. **Objects** per break date: seeds at the chi-square quantile ``1 -
+   series_false_alarm_rate`` grown to ``1 - grow_false_alarm_rate``; sign by which view the
+   surroundings explain (:func:`pipeline.segment.surroundings_margin`), voted with weights
+   score x margin; changes seen on one date only at an end of the series (or between clouds)
+   are dropped when atmospheric (``end_check``); at least ``min_area_m2``.
+6. **Properties**: interval (``date_before`` = earliest last-valid date over the seeds, so it
+   holds the change of every pixel; ``date_before_latest``), ``score`` / ``score_peak``,
+   ``n_dates_before`` / ``n_dates_after`` (median window sizes), shape measures, zone, and
+   ``confidence`` = ``(1 - p)^N``: ``p`` the tail probability of the peak score under the
+   *empirical* tail of all scores of the stack (an exponential fitted between their 99th and
+   99.99th percentiles, never lighter than chi-square), ``N`` the pixels tested at that date:
+   the probability that no unchanged pixel of the date would score as high.
+7. **Occupancy** (:mod:`pipeline.occupancy`): per zone and date, the share covered by objects
+   known present from their changes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
+from scipy import ndimage
 from scipy.stats import chi2
 
+from pipeline import clouds, multidate, noise, occupancy
 from pipeline.config import DetectConfig
-from pipeline.errors import DataError
-from pipeline.neighbourhood import (
-    dilate,
-    gaussian_weights_sq,
-    gradient_sq,
-    laplacian_sq,
-    local_background,
-    smooth,
-    surroundings,
-)
-from pipeline.normalise import (
-    MAD_TO_SIGMA,
-    Radiometry,
-    fit_radiometry,
-    is_dask,
-    null_scale,
-    per_group,
-)
+from pipeline.neighbourhood import local_background
 from pipeline.objects import grid_transform, region_features
-from pipeline.segment import keep_labels, object_properties, segment_pair, transient_objects
+from pipeline.pairwise import (
+    DEFAULT_BANDS,
+    DetectResult,
+    PairChange,
+    check_inputs,
+    detect_pairwise,
+    pair_change,
+    pair_coords,
+    stack_inputs,
+    thresholds,
+)
+from pipeline.segment import (
+    EIGHT,
+    background_margin,
+    object_properties,
+    segment_pair,
+    surroundings_margin,
+)
 
-DEFAULT_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir", "swir16", "swir22")
-"""Bands compared, in the project's vocabulary."""
+__all__ = [
+    "DEFAULT_BANDS",
+    "DetectResult",
+    "PairChange",
+    "detect_cube",
+    "pair_change",
+    "series_thresholds",
+    "thresholds",
+]
 
-USUALLY_VALID_FRACTION = 0.5
-"""An invalid pixel counts as (transient) cloud when valid on at least this share of dates."""
+QUIET_RATE = 0.1
+"""A pixel signs its neighbours' changes only when its own statistic is below the chi-square
+quantile ``1 - QUIET_RATE`` (a faint fringe of the change is not its surroundings)."""
 
-
-@dataclass
-class DetectResult:
-    """Everything :func:`detect_cube` finds in a cube."""
-
-    features: list[dict]
-    """GeoJSON Features (lon/lat), one per object; feature ``i`` is label ``i + 1``."""
-    pairs: list[dict]
-    """Per consecutive date pair: dates, noise, thresholds, counts."""
-    score: xr.DataArray
-    """(pair, y, x) float32 null-calibrated score (chi-square units), NaN where not scored; lazy
-    when the cube is."""
-    labels: xr.DataArray
-    """(pair, y, x) int32 object labels (0 = none), numpy."""
-
-
-@dataclass(frozen=True)
-class PairChange:
-    """Per-pixel outputs of :func:`pair_change` (numpy, or lazy dask for dask input)."""
-
-    score: Any
-    """(y, x) float32 score in chi-square units of ``B`` dof; NaN where not scored."""
-    removed: Any
-    """(y, x) float32 removal margin: > 0 when the after view is closer to its background."""
-    used: Any
-    """(y, x) bool: pixels scored (valid in both views, not hazy, pair fit trusted)."""
-    haze: Any
-    """(y, x) bool: valid after-view pixels deferred by the thin-cloud guard."""
-    radiometry: Radiometry
-    """Gain, offset, noise sigma and band whitening of the pair."""
-    null_scale: Any
-    """0-d: ``max(1, median raw score / median of chi-square)``; the score is divided by it."""
+TAIL_QUANTILES = (0.99, 0.999)
+"""Quantiles of the scores between which their empirical tail is fitted (for confidence)."""
 
 
-def thresholds(cfg: DetectConfig, n_bands: int) -> tuple[float, float]:
-    """Seed and grow thresholds of the null-calibrated score (chi-square, ``n_bands`` dof)."""
-    seed = float(chi2.isf(cfg.false_alarm_rate, n_bands))
+def series_thresholds(cfg: DetectConfig, n_bands: int) -> tuple[float, float]:
+    """Seed and grow thresholds of the multi-date statistic (chi-square, ``n_bands`` dof)."""
+    seed = float(chi2.isf(cfg.series_false_alarm_rate, n_bands))
     grow = float(min(chi2.isf(cfg.grow_false_alarm_rate, n_bands), seed))
     return seed, grow
-
-
-def _mahalanobis(z: Any, whitening: Any, xp: Any) -> Any:
-    """``||W z||^2`` over the band axis of (B, y, x) standardised differences."""
-    white = xp.tensordot(whitening, z, axes=1)
-    return (white**2).sum(axis=0)
-
-
-def _xp(*arrays: Any) -> Any:
-    return da if is_dask(*arrays) else np
-
-
-def pair_change(
-    before: Any,
-    after: Any,
-    before_ok: Any,
-    after_ok: Any,
-    cloud: Any,
-    cfg: DetectConfig,
-    *,
-    before_index: Any = None,
-    n_dates: int = 1,
-    blue_index: int | None = None,
-) -> PairChange:
-    """Score the change between two views of every pixel (numpy in -> numpy out, dask -> dask).
-
-    Parameters
-    ----------
-    before
-        (B, y, x) float32: last valid observation of each pixel before the date of ``after``.
-    after
-        (B, y, x) float32: the observation at that date.
-    before_ok, after_ok
-        (y, x) bool: the views are valid.
-    cloud
-        (y, x) bool: transient cloud at the date of ``after`` (drives the thin-cloud guard).
-    cfg
-        Detection parameters.
-    before_index
-        (y, x) int: date index of each pixel's before view (None: one date for all).
-    n_dates
-        Number of dates the index can take.
-    blue_index
-        Position of the blue band in ``B`` (None: no thin-cloud guard).
-
-    Returns
-    -------
-    PairChange
-        Score, removal margin, masks and the pair's radiometric model.
-    """
-    xp = _xp(before, after, before_ok, after_ok)
-    n_bands = int(before.shape[0])
-    ok = before_ok & after_ok
-    if before_index is None:
-        before_index, n_dates = xp.zeros_like(ok, dtype=np.int16), 1
-    after_f = xp.nan_to_num(xp.where(after_ok[None], after, before))
-    before_f = xp.nan_to_num(xp.where(before_ok[None], before, after_f))
-    rad = fit_radiometry(
-        before_f,
-        after_f,
-        ok,
-        max_sample_px=cfg.max_sample_px,
-        decorrelate=cfg.decorrelate_bands,
-        before_index=before_index,
-        n_groups=n_dates,
-    )
-    sigma = rad.sigma[:, None, None]
-    norm_before = before_f * rad.gain[:, None, None] + rad.offset[:, None, None]
-    # Per before-date level and noise: a view from weeks ago carries surface change.
-    diff = after_f - norm_before - per_group(rad.group_level, before_index)
-    group_sigma = per_group(rad.group_sigma, before_index)
-    # Local change level and local noise: change wider than the window (a field greening, a
-    # veil of haze) is not an object, and busy texture (a town) is noisier than open ground.
-    level = local_background(xp.where(ok[None], diff, np.nan), cfg.local_window_px)
-    blue_rise = diff[blue_index] if blue_index is not None else None  # before the local level
-    diff = diff - xp.nan_to_num(level)
-    spread = local_background(xp.where(ok[None], xp.abs(diff), np.nan), cfg.local_window_px)
-    var = xp.maximum(group_sigma**2, (np.float32(MAD_TO_SIGMA) * xp.nan_to_num(spread)) ** 2)
-    # Structure noise, only where both views show the structure (an object in one view only is
-    # not damped): residual misregistration ~ shift x gradient, resampling blur ~ Laplacian.
-    # The noise's own share of each energy (one view's noise variance is sigma^2 / 2: 1/2 of it
-    # for the squared central-difference gradient, 20/2 for the 5-point Laplacian) is taken off.
-    view_var = sigma**2 / np.float32(2)
-    if cfg.registration_noise_px > 0:
-        grad = xp.minimum(gradient_sq(norm_before), gradient_sq(after_f)) - view_var
-        var = var + np.float32(cfg.registration_noise_px**2) * xp.maximum(grad, 0)
-    if cfg.resampling_blur_px2 > 0:
-        curv = xp.minimum(laplacian_sq(norm_before), laplacian_sq(after_f)) - 20 * view_var
-        var = var + np.float32(cfg.resampling_blur_px2**2) * xp.maximum(curv, 0)
-    z = diff / xp.sqrt(var)
-    z = xp.where(ok[None], z, np.float32(0))
-    raw = _mahalanobis(z, rad.whitening, xp)
-    _, grow_thr = thresholds(cfg, n_bands)
-    if cfg.haze_distance_px > 0:
-        # Thin-cloud guard: near a transient cloud a changed view is deferred to the next one.
-        suspect = raw >= np.float32(grow_thr)
-        if blue_index is not None:
-            suspect = suspect | (blue_rise > cfg.haze_z * group_sigma[blue_index])
-        haze = after_ok & suspect & dilate(cloud, cfg.haze_distance_px)
-    else:
-        haze = xp.zeros_like(ok)
-    used = ok & ~haze & rad.fit_ok
-    if cfg.smooth_sigma_px > 0:
-        z = smooth(xp.where(used[None], z, np.float32(0)), cfg.smooth_sigma_px)
-        z = z / np.float32(math.sqrt(gaussian_weights_sq(cfg.smooth_sigma_px)))
-        raw = _mahalanobis(z, rad.whitening, xp)
-    scale = null_scale(raw, used, n_bands, max_sample_px=cfg.max_sample_px).astype(np.float32)
-    score = xp.where(used, raw / scale, np.float32(np.nan))
-    quiet = used & (raw / scale < np.float32(grow_thr))
-    both = surroundings(xp.concatenate([norm_before, after_f]), quiet, cfg.local_window_px)
-    bg_before, bg_after = both[:n_bands], both[n_bands:]
-    dist_before = (((norm_before - bg_before) / sigma) ** 2).sum(axis=0)
-    dist_after = (((after_f - bg_after) / sigma) ** 2).sum(axis=0)
-    return PairChange(
-        score=score.astype(np.float32),
-        removed=(dist_before - dist_after).astype(np.float32),
-        used=used,
-        haze=haze,
-        radiometry=rad,
-        null_scale=scale,
-    )
-
-
-def _inputs(cube: xr.Dataset, bands: Sequence[str]) -> tuple[Any, Any]:
-    """(T, B, y, x) float32 band stack and (T, y, x) valid mask (valid and finite)."""
-    missing = [b for b in (*bands, "valid") if b not in cube]
-    if missing:
-        raise DataError(
-            f"cube has no variable(s) {', '.join(missing)}: load them or pass bands= without them"
-        )
-    if tuple(cube["valid"].dims) != ("time", "y", "x"):
-        raise DataError(f"cube 'valid' has dims {cube['valid'].dims}: expected (time, y, x)")
-    arrays = [cube[b].transpose("time", "y", "x").data for b in bands]
-    xp = _xp(*arrays, cube["valid"].data)
-    stack = xp.stack([xp.asarray(a).astype(np.float32) for a in arrays], axis=1)
-    if xp is da:
-        stack = stack.rechunk({1: -1})
-    valid = xp.asarray(cube["valid"].data).astype(bool) & xp.isfinite(stack).all(axis=1)
-    return stack, valid
-
-
-def _pair_coords(times: np.ndarray, cube: xr.Dataset) -> dict[str, Any]:
-    n_pairs = max(0, len(times) - 1)
-    return {
-        "pair": np.arange(n_pairs),
-        "date_before": ("pair", times[:-1] if n_pairs else times[:0]),
-        "date_after": ("pair", times[1:]),
-        "y": cube["y"].values,
-        "x": cube["x"].values,
-    }
 
 
 def detect_cube(
@@ -308,14 +119,15 @@ def detect_cube(
     zone_names, zone_kinds
         Name and kind of each zone.
     cfg
-        Detection parameters.
+        Detection parameters (``cfg.method`` picks the method).
     bands
         Bands compared.
 
     Returns
     -------
     DetectResult
-        Features, per-pair summaries, the (lazy for dask input) score and the object labels.
+        Features, per-pair summaries, the (pair, y, x) score and labels (pair ``p`` = the
+        change first seen at date ``p + 1``) and the zone occupancy per date.
 
     Raises
     ------
@@ -324,135 +136,215 @@ def detect_cube(
 
     Notes
     -----
-    Computes once (one ``dask.compute``) the per-pair score, removal margin, before-date index
-    and fit summaries, then labels on numpy: a region must be seen whole across chunk borders.
-    The returned ``score`` is the lazy graph again (writing it recomputes it).
+    The multi-date path loads the cube into memory (one ``dask.compute`` for dask input): a
+    site is small; whole tiles go through :mod:`pipeline.tile`. Its per-pixel kernels
+    (:mod:`pipeline.multidate`) keep numpy and dask paths.
     """
-    bands = list(bands)
-    if not bands:
-        raise DataError("no bands to compare: pass bands= with at least one loaded band")
-    crs = cube.attrs.get("crs")
-    if not crs:
-        raise DataError("cube has no 'crs' attribute: load it with pipeline.load (EPSG:326xx)")
-    ny, nx = cube.sizes["y"], cube.sizes["x"]
-    zone_raster = np.asarray(zone_raster)
-    if zone_raster.shape != (ny, nx):
-        raise DataError(
-            f"zone raster {zone_raster.shape} does not match the cube grid {(ny, nx)}: "
-            "rasterise the zones on the cube's geobox"
-        )
-    transform = grid_transform(cube["x"].values, cube["y"].values)
-    stack, valid = _inputs(cube, bands)
-    xp = _xp(stack)
+    if cfg.method == "pairwise":
+        result = detect_pairwise(cube, zone_raster, zone_names, zone_kinds, cfg, bands)
+    else:
+        result = _detect_multidate(cube, zone_raster, zone_names, zone_kinds, cfg, bands)
+    dates = [str(np.datetime_as_string(t, unit="D")) for t in cube["time"].values]
+    result.occupancy = _occupancy(result, zone_raster, zone_names, dates, cube)
+    return result
+
+
+def _occupancy(
+    result: DetectResult,
+    zone_raster: np.ndarray,
+    zone_names: Sequence[str],
+    dates: list[str],
+    cube: xr.Dataset,
+) -> list[dict]:
+    kinds = {int(f["properties"]["label"]): f["properties"]["kind"] for f in result.features}
+    labels = np.asarray(result.labels.values)
+    state = occupancy.pixel_state(labels, kinds, list(range(1, len(dates))), len(dates))
+    if cube.sizes.get("x", 0) < 2 or cube.sizes.get("y", 0) < 2:
+        return []
+    t = grid_transform(cube["x"].values, cube["y"].values)
+    return occupancy.zone_occupancy(state, zone_raster, zone_names, dates, abs(t.a * t.e))
+
+
+def _tail(scores: np.ndarray, n_bands: int) -> tuple[float, float]:
+    """(intercept, rate) of ``log P(G >= x) = a - rate * x`` fitted to the empirical tail."""
+    s = scores[np.isfinite(scores)]
+    if s.size < 1000:
+        return 0.0, 0.5
+    lo, hi = np.quantile(s, TAIL_QUANTILES)
+    if not hi > lo:
+        return 0.0, 0.5
+    p_lo, p_hi = 1 - TAIL_QUANTILES[0], 1 - TAIL_QUANTILES[1]
+    rate = float(np.log(p_lo / p_hi) / (hi - lo))
+    rate = min(rate, 0.5)  # never lighter than the chi-square tail (exp(-x/2))
+    return float(np.log(p_lo) + rate * lo), rate
+
+
+def _tail_p(x: np.ndarray, tail: tuple[float, float], n_bands: int) -> np.ndarray:
+    a, rate = tail
+    emp = np.exp(np.minimum(a - rate * np.asarray(x, dtype=np.float64), 0.0))
+    return np.maximum(emp, chi2.sf(np.asarray(x, dtype=np.float64), n_bands))
+
+
+def _confidence(peak: np.ndarray, n_tested: int, tail: tuple, n_bands: int) -> np.ndarray:
+    p = np.minimum(_tail_p(peak, tail, n_bands), 1 - 1e-12)
+    return np.exp(n_tested * np.log1p(-p))
+
+
+def _drift(
+    z: np.ndarray, valid: np.ndarray, days: np.ndarray, cfg: DetectConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel noise floor (B, y, x), smoothed drift rate and its variance (B, y, x)."""
+    px_noise, slope = multidate.series_noise(z, valid, days, trim=cfg.series_noise_trim)
+    px_noise = np.nan_to_num(px_noise, nan=0.0)
+    floor = np.maximum(px_noise, ndimage.median_filter(px_noise, size=(1, 3, 3)))
+    n_bands = z.shape[1]
+    if not cfg.drift:
+        zero = np.zeros((n_bands, *z.shape[2:]), np.float32)
+        return floor, zero, zero
+    smooth = np.nan_to_num(local_background(slope, cfg.drift_window_px)).astype(np.float32)
+    sd = np.float32(cfg.drift_residual_sd)
+    slope_var = np.full(smooth.shape, sd**2, dtype=np.float32)
+    return floor, smooth, slope_var
+
+
+def _detect_multidate(
+    cube: xr.Dataset,
+    zone_raster: np.ndarray,
+    zone_names: Sequence[str],
+    zone_kinds: Sequence[str],
+    cfg: DetectConfig,
+    bands: Sequence[str],
+) -> DetectResult:
+    bands, crs, zone_raster = check_inputs(cube, zone_raster, bands)
+    stack, valid = stack_inputs(cube, bands)
+    stack, valid = dask.compute(stack, valid)
+    stack = np.where(valid[:, None], stack, np.nan).astype(np.float32)
     times = cube["time"].values
     dates = [str(np.datetime_as_string(t, unit="D")) for t in times]
-    n_bands, n_pairs = len(bands), max(0, len(times) - 1)
-    blue = bands.index("blue") if "blue" in bands else None
-
-    usually_valid = valid.mean(axis=0) >= USUALLY_VALID_FRACTION
-    prev, prev_ok = stack[0], valid[0]
-    prev_idx = xp.where(valid[0], 0, -1).astype(np.int16)
-    changes: list[PairChange] = []
-    before_idx = []
-    for t in range(1, len(times)):
-        pc = pair_change(
-            prev,
-            stack[t],
-            prev_ok,
-            valid[t],
-            ~valid[t] & usually_valid,
-            cfg,
-            before_index=prev_idx,
-            n_dates=len(times),
-            blue_index=blue,
-        )
-        changes.append(pc)
-        before_idx.append(prev_idx)
-        fresh = valid[t] & ~pc.haze & pc.radiometry.fit_ok
-        # Views not refreshed at t are carried into t's radiometry (the pair's gain/offset), so
-        # the before view stays one consistent image however old each pixel's last view is.
-        rad = pc.radiometry
-        carried = prev * rad.gain[:, None, None] + rad.offset[:, None, None]
-        prev = xp.where(fresh[None], stack[t], carried)
-        prev_idx = xp.where(fresh, np.int16(t), prev_idx)
-        prev_ok = prev_ok | fresh
-
-    if n_pairs:
-        score_lazy = xp.stack([pc.score for pc in changes])
-        wanted = (
-            score_lazy,
-            xp.stack([pc.removed for pc in changes]),
-            xp.stack(before_idx),
-            [pc.used.sum() for pc in changes],
-            [pc.radiometry for pc in changes],
-            [pc.null_scale for pc in changes],
-        )
-        (score_np, removed_np, idx_np, n_used, rads, scales) = dask.compute(*wanted)
-    else:
-        score_lazy = xp.zeros((0, ny, nx), dtype=np.float32)
-        score_np = removed_np = idx_np = np.zeros((0, ny, nx))
-        n_used, rads, scales = [], [], []
-
-    seed_thr, grow_thr = thresholds(cfg, n_bands)
+    days = ((times - times[0]) / np.timedelta64(1, "D")).astype(np.float32) if len(times) else times
+    t_len, n_bands, ny, nx = stack.shape
+    transform = grid_transform(cube["x"].values, cube["y"].values)
     pixel_area = abs(transform.a * transform.e)
     min_px = max(1, math.ceil(cfg.min_area_m2 / pixel_area - 1e-9))
+    seed_thr, grow_thr = series_thresholds(cfg, n_bands)
     site = str(cube.attrs.get("site", "site"))
-    labels_all = np.zeros((n_pairs, ny, nx), dtype=np.int32)
-    segments = [
-        segment_pair(
-            score_np[p], removed_np[p], seed_thr, grow_thr, min_px, cfg.sign_split_fraction
+    coords = pair_coords(times, cube)
+    n_pairs = max(0, t_len - 1)
+    if t_len < 2:
+        empty = np.zeros((0, ny, nx), np.float32)
+        return DetectResult(
+            features=[],
+            pairs=[],
+            score=xr.DataArray(empty, dims=("pair", "y", "x"), coords=coords, attrs={"crs": crs}),
+            labels=xr.DataArray(
+                empty.astype(np.int32), dims=("pair", "y", "x"), coords=coords, attrs={"crs": crs}
+            ),
         )
-        for p in range(n_pairs)
-    ]
-    transient = transient_objects(segments, score_np)
+    y, gain, offset = noise.normalise_stack(stack, valid, cfg.max_sample_px)
+    nm = noise.noise_model(
+        y,
+        valid,
+        window_px=cfg.local_window_px,
+        structure_window_px=cfg.structure_window_px,
+    )
+    floor, slope, slope_var = _drift(nm.z, valid, days, cfg)
+    var = np.maximum(nm.var, (floor**2)[None]).astype(np.float32)
+    sigma = nm.sigma
+    model = clouds.atmosphere_model(
+        bands, cfg.cloud_brightness, shadow=cfg.shadow_model, haze=cfg.haze_model
+    )
+    exc = clouds.clean_excursions(
+        nm.z,
+        var,
+        valid,
+        sigma,
+        model,
+        candidate_threshold=float(chi2.isf(cfg.excursion_false_alarm_rate, n_bands)),
+        grow_threshold=grow_thr,
+        seed_threshold=seed_thr,
+        min_pixels=min_px,
+        max_unexplained=cfg.atmosphere_max_unexplained,
+        dilation_px=cfg.excursion_dilation_px,
+        passes=cfg.excursion_passes,
+        mask=cfg.excursion_mask,
+    )
+    one_date = exc.objects if cfg.one_date_objects else np.zeros_like(exc.objects)
+    used = exc.valid & ~one_date
+    sc = multidate.series_change(
+        nm.z,
+        var,
+        used,
+        days,
+        slope=slope,
+        slope_var=slope_var,
+        window=cfg.window_dates,
+        threshold=seed_thr,
+        max_changes=cfg.max_changes,
+    )
+    raw = sc.score
+    med = float(np.nanmedian(raw)) if np.isfinite(raw).any() else chi2.median(n_bands)
+    scale = max(1.0, med / chi2.median(n_bands))
+    score = (raw / np.float32(scale)).astype(np.float32)
+    tail = _tail(score[1:].ravel()[:: max(1, score[1:].size // 2_000_000)], n_bands)
+    sig3 = sigma[None, :, None, None]
+    mean_b, mean_a = sc.mean_before * sig3, sc.mean_after * sig3
+    labels_all = np.zeros((n_pairs, ny, nx), dtype=np.int32)
     features: list[dict] = []
     pairs: list[dict] = []
-    for p in range(n_pairs):
-        labels, kinds, seed = segments[p]
-        keep = ~transient[p] if cfg.drop_transients else np.ones(len(kinds), dtype=bool)
-        labels, kinds = keep_labels(labels, kinds, keep)
-        n_obj = len(kinds)
-        props = object_properties(
-            labels,
-            kinds,
-            seed,
-            score_np[p],
-            idx_np[p],
+    for t in range(1, t_len):
+        feats, labels = _objects_at(
+            t,
+            score[t],
+            mean_b[t],
+            mean_a[t],
+            sc,
             dates,
-            p,
-            int(n_used[p]),
-            n_bands,
+            cfg,
+            model,
+            sigma,
+            (seed_thr, grow_thr, min_px),
+            tail,
             site,
-            offset=len(features),
+            len(features),
+            (transform, crs, zone_raster, zone_names, zone_kinds),
         )
-        for k, extra in zip(sorted(props), transient[p][keep], strict=True):
-            props[k]["transient"] = bool(extra)
-        glob = np.where(labels > 0, labels + len(features), 0).astype(np.int32)
-        labels_all[p] = glob
-        features += region_features(
-            glob, transform, crs, zone_raster, zone_names, zone_kinds, props
-        )
-        r = rads[p]
+        labels_all[t - 1] = labels
+        features += feats
         pairs.append(
             {
-                "date_before": dates[p],
-                "date_after": dates[p + 1],
+                "date_before": dates[t - 1],
+                "date_after": dates[t],
                 "n_changed_px": int((labels > 0).sum()),
-                "noise_sigma": [round(float(s), 6) for s in np.asarray(r.sigma)],
-                "gain": [round(float(g), 5) for g in np.asarray(r.gain)],
-                "offset": [round(float(o), 6) for o in np.asarray(r.offset)],
+                "noise_sigma": [round(float(s), 6) for s in nm.date_sigma[t]],
+                "gain": [round(float(g), 5) for g in gain[t]],
+                "offset": [round(float(o), 6) for o in offset[t]],
                 "threshold": round(seed_thr, 4),
                 "grow_threshold": round(grow_thr, 4),
-                "null_scale": round(float(scales[p]), 4),
-                "n_scored_px": int(n_used[p]),
-                "n_objects": n_obj,
+                "null_scale": round(scale, 4),
+                "n_scored_px": int(np.isfinite(score[t]).sum()),
+                "n_objects": len(feats),
+                "n_cloud_masked_px": int(exc.atmospheric[t].sum()),
             }
         )
-
-    coords = _pair_coords(times, cube)
+    if cfg.one_date_objects:
+        features = _one_date_objects(
+            exc,
+            valid,
+            nm.z * sig3,
+            used,
+            dates,
+            cfg,
+            sigma,
+            (seed_thr, grow_thr, min_px),
+            tail,
+            site,
+            features,
+            labels_all,
+            (transform, crs, zone_raster, zone_names, zone_kinds),
+        )
     attrs = {"crs": crs}
     score_da = xr.DataArray(
-        score_lazy,
+        score[1:],
         dims=("pair", "y", "x"),
         coords=coords,
         attrs={**attrs, "long_name": "change score", "units": f"chi-square, {n_bands} dof"},
@@ -461,3 +353,208 @@ def detect_cube(
         labels_all, dims=("pair", "y", "x"), coords=coords, attrs={**attrs, "long_name": "object"}
     )
     return DetectResult(features=features, pairs=pairs, score=score_da, labels=labels_da)
+
+
+def _surface_zones(
+    zone_raster: np.ndarray, zone_kinds: Sequence[str], cfg: DetectConfig
+) -> np.ndarray:
+    """The zone raster with only the zones whose own surface carries the objects."""
+    surface = np.asarray([False] + [k in cfg.sign_surface_zone_kinds for k in zone_kinds])
+    return np.where(surface[zone_raster], zone_raster, 0)
+
+
+def _sign_margin(
+    before: np.ndarray,
+    after: np.ndarray,
+    changed: np.ndarray,
+    quiet: np.ndarray,
+    sigma: np.ndarray,
+    surface_zones: np.ndarray,
+    cfg: DetectConfig,
+) -> np.ndarray:
+    """Removal margin of each changed pixel (> 0 removed) by ``cfg.sign_method``."""
+    if cfg.sign_method == "ring":
+        return surroundings_margin(before, after, changed, quiet, sigma, cfg.sign_ring_px)
+    return background_margin(
+        before, after, changed, quiet, sigma, cfg.sign_window_px, surface_zones
+    )
+
+
+def _objects_at(
+    t: int,
+    score: np.ndarray,
+    before: np.ndarray,
+    after: np.ndarray,
+    sc: multidate.SeriesChange,
+    dates: list[str],
+    cfg: DetectConfig,
+    model: clouds.AtmosphereModel,
+    sigma: np.ndarray,
+    levels: tuple[float, float, int],
+    tail: tuple[float, float],
+    site: str,
+    offset: int,
+    grid: tuple,
+) -> tuple[list[dict], np.ndarray]:
+    """Signed objects of the changes first seen at date ``t`` (labels offset to be global)."""
+    seed_thr, grow_thr, min_px = levels
+    transform, crs, zone_raster, zone_names, zone_kinds = grid
+    n_bands = before.shape[0]
+    surface_zones = _surface_zones(zone_raster, zone_kinds, cfg)
+    with np.errstate(invalid="ignore"):
+        changed = np.nan_to_num(score, nan=-1.0) >= grow_thr
+        quiet = np.nan_to_num(score, nan=np.inf) < chi2.isf(QUIET_RATE, n_bands)
+    margin = _sign_margin(before, after, changed, quiet, sigma, surface_zones, cfg)
+    labels, kinds, seed = segment_pair(
+        score, margin, seed_thr, grow_thr, min_px, cfg.series_sign_split_fraction, weighted=True
+    )
+    n = len(kinds)
+    if n == 0:
+        return [], np.zeros(score.shape, np.int32)
+    ids = np.arange(1, n + 1)
+    n_b = np.asarray(ndimage.median(sc.n_before[t], labels, ids), dtype=float)
+    n_a = np.asarray(ndimage.median(sc.n_after[t], labels, ids), dtype=float)
+    keep = np.ones(n, dtype=bool)
+    if cfg.region_mean_test:
+        # the region as a whole passes the seed level, not only its peak: a noise spike grown
+        # by hysteresis into its fringe does not, a changed object (every pixel changed) does
+        mean = np.asarray(ndimage.mean(np.nan_to_num(score), labels, ids), dtype=float)
+        keep &= mean >= seed_thr
+    if cfg.min_seed_pixels > 1:
+        # noise passes the seed level in isolated pixels; an object of the smallest size of
+        # interest, spread by the PSF, in several
+        n_seed = np.asarray(ndimage.sum(seed, labels, ids), dtype=float)
+        keep &= n_seed >= cfg.min_seed_pixels
+    single = (n_a <= 1) | (n_b <= 1)
+    if cfg.end_check and single.any():
+        after_single = np.concatenate([[False], n_a <= 1])[labels]
+        delta = np.where(after_single[None], after - before, before - after)
+        base = np.where(after_single[None], before, after)
+        atm, _ = clouds.classify_regions(
+            labels, n, delta, base, model, sigma, cfg.atmosphere_max_unexplained
+        )
+        keep &= ~(single & atm[1:])
+    if not keep.all():
+        new_id = np.zeros(n + 1, dtype=np.int32)
+        new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+        labels, kinds, n_b, n_a = new_id[labels], kinds[keep], n_b[keep], n_a[keep]
+    if len(kinds) == 0:
+        return [], np.zeros(score.shape, np.int32)
+    n_tested = int(np.isfinite(score).sum())
+    props = object_properties(
+        labels,
+        kinds,
+        seed,
+        score,
+        sc.before_index[t],
+        dates,
+        t - 1,
+        n_tested,
+        n_bands,
+        site,
+        offset=offset,
+    )
+    peaks = np.asarray([props[k]["score_peak"] for k in sorted(props)])
+    conf = _confidence(peaks, n_tested, tail, n_bands)
+    for j, k in enumerate(sorted(props)):
+        props[k].update(
+            confidence=round(float(conf[j]), 4),
+            n_dates_before=int(n_b[j]),
+            n_dates_after=int(n_a[j]),
+            transient=False,
+        )
+    glob = np.where(labels > 0, labels + offset, 0).astype(np.int32)
+    feats = region_features(glob, transform, crs, zone_raster, zone_names, zone_kinds, props)
+    return feats, glob
+
+
+def _one_date_objects(
+    exc: clouds.Excursions,
+    loaded: np.ndarray,
+    refl: np.ndarray,
+    used: np.ndarray,
+    dates: list[str],
+    cfg: DetectConfig,
+    sigma: np.ndarray,
+    levels: tuple[float, float, int],
+    tail: tuple[float, float],
+    site: str,
+    features: list[dict],
+    labels_all: np.ndarray,
+    grid: tuple,
+) -> list[dict]:
+    """An appearance and a removal for each one-date object (``transient`` = true)."""
+    transform, crs, zone_raster, zone_names, zone_kinds = grid
+    surface_zones = _surface_zones(zone_raster, zone_kinds, cfg)
+    t_len = refl.shape[0]
+    n_bands = refl.shape[1]
+    idx = np.arange(t_len)[:, None, None]
+    prev_valid = np.where(used, idx, -1)
+    prev_valid = np.maximum.accumulate(prev_valid, axis=0)
+    next_valid = np.where(used, idx, t_len)
+    next_valid = np.minimum.accumulate(next_valid[::-1], axis=0)[::-1]
+    features = list(features)
+    for t in range(t_len):
+        obj = exc.objects[t]
+        if not obj.any():
+            continue
+        regions, n = ndimage.label(obj, EIGHT)
+        base = exc.baseline[t]
+        with np.errstate(invalid="ignore"):
+            calm = np.nan_to_num(exc.stat[t], nan=np.inf) < chi2.isf(QUIET_RATE, n_bands)
+        quiet = used[t] & ~obj & calm
+        # the neighbours' mean exists on the object only; around it the date's own view is
+        # the surroundings (quiet pixels did not change)
+        base = np.where(obj[None], base, refl[t])
+        margin = _sign_margin(base, refl[t], obj, quiet, sigma, surface_zones, cfg)
+        ids = np.arange(1, n + 1)
+        # margin > 0: the date's view is the better explained = the object is absent that date
+        absent = np.asarray(ndimage.sum(margin, regions, ids)) > 0
+        before = prev_valid[t - 1] if t > 0 else np.full(obj.shape, -1)
+        after = next_valid[t + 1] if t + 1 < t_len else np.full(obj.shape, t_len)
+        first = np.asarray(ndimage.minimum(before, regions, ids))
+        last = np.asarray(ndimage.maximum(after, regions, ids))
+        dev = np.sqrt((((refl[t] - base) / sigma[:, None, None]) ** 2).sum(axis=0))
+        peak = np.asarray(ndimage.maximum(np.nan_to_num(dev) ** 2, regions, ids))
+        conf = _confidence(peak, int(used[t].sum()), tail, n_bands)
+        cloudy = np.zeros(n, dtype=bool)
+        if cfg.one_date_cloud_distance_px > 0:
+            masked = ~loaded[t] | exc.atmospheric[t]
+            if masked.any():
+                near = ndimage.binary_dilation(
+                    masked, EIGHT, iterations=cfg.one_date_cloud_distance_px
+                )
+                cloudy = np.asarray(ndimage.maximum(near, regions, ids)) > 0
+        for k in range(n):
+            if cloudy[k]:
+                continue
+            kinds = ("removed", "appeared") if absent[k] else ("appeared", "removed")
+            spans = ((int(first[k]), t), (t, int(last[k])))
+            for kind, (b, a) in zip(kinds, spans, strict=True):
+                if b < 0 or a >= t_len:
+                    continue
+                label = len(features) + 1
+                mask = regions == k + 1
+                labels_all[a - 1] = np.where(mask, label, labels_all[a - 1])
+                props = {
+                    label: {
+                        "id": f"{site}-{dates[a].replace('-', '')}-{label}",
+                        "kind": kind,
+                        "date_before": dates[b],
+                        "date_after": dates[a],
+                        "date_before_latest": dates[b],
+                        "score": round(float(peak[k]), 3),
+                        "score_peak": round(float(peak[k]), 3),
+                        "n_seed_pixels": int(mask.sum()),
+                        "confidence": round(float(conf[k]), 4),
+                        "pair": a - 1,
+                        "n_dates_before": 1,
+                        "n_dates_after": 1,
+                        "transient": True,
+                    }
+                }
+                glob = np.where(mask, label, 0).astype(np.int32)
+                features += region_features(
+                    glob, transform, crs, zone_raster, zone_names, zone_kinds, props
+                )
+    return features

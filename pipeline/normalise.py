@@ -160,8 +160,19 @@ def robust_sigma(x: np.ndarray) -> float:
     return float(MAD_TO_SIGMA * np.median(np.abs(x - np.median(x))))
 
 
-def _fit_band(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
-    """Robust symmetric gain/offset of ``after ~ gain * before + offset`` for one band."""
+def fit_band(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """Robust symmetric gain/offset of ``after ~ gain * before + offset`` for one band.
+
+    Parameters
+    ----------
+    before, after
+        1-D float64 samples of the same pixels.
+
+    Returns
+    -------
+    tuple of float
+        ``(gain, offset)``; the gain is clipped to 0.2 .. 5.
+    """
     qb = np.quantile(before, [0.1, 0.5, 0.9])
     qa = np.quantile(after, [0.1, 0.5, 0.9])
     spread_b, spread_a = qb[2] - qb[0], qa[2] - qa[0]
@@ -252,7 +263,7 @@ def _radiometry_np(
     g = np.clip(groups[ok].astype(np.int64), 0, n_groups - 1)
     resid = np.empty_like(a)
     for k in range(n_bands):
-        gain[k], offset[k] = _fit_band(b[k], a[k])
+        gain[k], offset[k] = fit_band(b[k], a[k])
         resid[k] = a[k] - (gain[k] * b[k] + offset[k])
         sigma[k] = max(robust_sigma(resid[k]), 1e-6)
     level, spread = _group_stats(resid, g, n_groups, sigma)

@@ -9,7 +9,11 @@ GeoJSON Feature in lon/lat (EPSG:4326):
 - ``n_pixels`` and ``area_m2`` = ``n_pixels`` x pixel area (the grid's own metric units);
 - ``centroid_lon`` / ``centroid_lat``: the polygon centroid in the grid CRS, reprojected;
 - ``zone`` / ``zone_kind``: the zone holding most of the object's pixels, ``None`` when it touches
-  no zone (ties go to the lower zone index).
+  no zone (ties go to the lower zone index);
+- shape (:func:`shape_measures`): ``length_m`` and ``width_m`` (from the second moments of the
+  pixel centres: a filled ``L x W`` rectangle of pixels gives ``L`` and ``W``), ``elongation``
+  = length / width, ``solidity`` = area / area of the convex hull of the polygon (1 for a
+  compact blob, low for a ragged or hollow region).
 """
 
 from __future__ import annotations
@@ -109,6 +113,55 @@ def zone_of_labels(
     return out
 
 
+def shape_measures(
+    labels: np.ndarray, transform: Affine, geoms: Mapping[int, shapely.Geometry]
+) -> dict[int, dict[str, float]]:
+    """Length, width, elongation and solidity of every label (see the module docstring).
+
+    Parameters
+    ----------
+    labels
+        (y, x) integer label raster, 0 = background.
+    transform
+        Affine transform of the grid (metric).
+    geoms
+        Label -> its polygon in the grid CRS (:func:`label_geometries`).
+
+    Returns
+    -------
+    dict
+        Label -> ``length_m``, ``width_m``, ``elongation``, ``solidity``.
+    """
+    lab = np.asarray(labels).ravel().astype(np.int64)
+    n = int(lab.max()) if lab.size else 0
+    if n == 0:
+        return {}
+    rows, cols = np.indices(labels.shape)
+    x = transform.c + (cols.ravel() + 0.5) * transform.a
+    y = transform.f + (rows.ravel() + 0.5) * transform.e
+    cnt = np.bincount(lab, minlength=n + 1).astype(float)
+    safe = np.maximum(cnt, 1)
+    mx, my = np.bincount(lab, x, n + 1) / safe, np.bincount(lab, y, n + 1) / safe
+    sxx = np.bincount(lab, x * x, n + 1) / safe - mx**2
+    syy = np.bincount(lab, y * y, n + 1) / safe - my**2
+    sxy = np.bincount(lab, x * y, n + 1) / safe - mx * my
+    half = np.sqrt(np.maximum(((sxx - syy) / 2) ** 2 + sxy**2, 0))
+    big, small = (sxx + syy) / 2 + half, np.maximum((sxx + syy) / 2 - half, 0)
+    res2 = abs(transform.a * transform.e)
+    length = np.sqrt(12 * big + res2)
+    width = np.sqrt(12 * small + res2)
+    out = {}
+    for label, geom in geoms.items():
+        hull = geom.convex_hull.area
+        out[label] = {
+            "length_m": round(float(length[label]), 1),
+            "width_m": round(float(width[label]), 1),
+            "elongation": round(float(length[label] / width[label]), 3),
+            "solidity": round(float(geom.area / hull) if hull > 0 else 1.0, 3),
+        }
+    return out
+
+
 def region_features(
     labels: np.ndarray,
     transform: Affine,
@@ -167,6 +220,7 @@ def region_features(
         else np.full(n_labels + 1, -1)
     )
     pixel_area_m2 = abs(transform.a * transform.e - transform.b * transform.d)
+    shapes_of = shape_measures(labels, transform, geoms)
     to_lonlat = Transformer.from_crs(CRS.from_user_input(crs), 4326, always_xy=True)
 
     def project(coords: np.ndarray) -> np.ndarray:
@@ -187,6 +241,7 @@ def region_features(
             centroid_lat=round(float(clat), LONLAT_DIGITS),
             zone=zone_names[zi] if zi >= 0 else None,
             zone_kind=zone_kinds[zi] if zi >= 0 else None,
+            **shapes_of.get(label, {}),
         )
         features.append(
             {

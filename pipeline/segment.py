@@ -17,6 +17,42 @@ EIGHT = np.ones((3, 3), dtype=bool)
 """8-connectivity structuring element."""
 
 
+def hysteresis_regions(
+    score: np.ndarray, seed_threshold: float, grow_threshold: float, min_pixels: int
+) -> tuple[np.ndarray, int]:
+    """8-connected regions above ``grow_threshold`` holding a seed and ``min_pixels`` pixels.
+
+    Parameters
+    ----------
+    score
+        (y, x) statistic, NaN where not scored.
+    seed_threshold, grow_threshold
+        Hysteresis thresholds.
+    min_pixels
+        Smallest region kept.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        (y, x) int32 regions numbered 1..n in raster order.
+    n : int
+        Number of regions.
+    """
+    with np.errstate(invalid="ignore"):
+        seed = score >= seed_threshold
+        grow = (score >= min(grow_threshold, seed_threshold)) | seed
+    regions, n = ndimage.label(grow, EIGHT)
+    if n == 0:
+        return regions.astype(np.int32), 0
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[regions[seed]] = True
+    keep &= np.bincount(regions.ravel(), minlength=n + 1) >= min_pixels
+    keep[0] = False
+    new_id = np.zeros(n + 1, dtype=np.int32)
+    new_id[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return new_id[regions], int(keep.sum())
+
+
 def segment_pair(
     score: np.ndarray,
     removed: np.ndarray,
@@ -24,6 +60,8 @@ def segment_pair(
     grow_threshold: float,
     min_pixels: int,
     split_fraction: float,
+    *,
+    weighted: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Signed objects of one pair: hysteresis, 8-connected regions, sign vote, area filter.
 
@@ -39,6 +77,10 @@ def segment_pair(
         Smallest object kept.
     split_fraction
         A region whose minority sign holds more than this share of its pixels is split.
+    weighted
+        Vote with weights ``score * |removed|`` (pixels with ``removed == 0`` abstain and
+        take the region's majority): a strongly changed core outweighs a faint fringe. False:
+        one pixel, one vote.
 
     Returns
     -------
@@ -60,14 +102,19 @@ def segment_pair(
     seeded[regions[seed]] = True
     seeded[0] = False
     regions[~seeded[regions]] = 0
-    is_removed = np.nan_to_num(removed) > 0
+    margin = np.nan_to_num(removed)
+    is_removed = margin > 0
     flat = regions.ravel()
-    n_px = np.bincount(flat, minlength=n + 1)
-    frac = np.bincount(flat, weights=is_removed.ravel(), minlength=n + 1) / np.maximum(n_px, 1)
+    if weighted:
+        w = (np.nan_to_num(score) * np.abs(margin)).ravel()
+    else:
+        w = np.ones(flat.size)
+    total = np.bincount(flat, weights=w, minlength=n + 1)
+    frac = np.bincount(flat, weights=w * is_removed.ravel(), minlength=n + 1)
+    frac = np.where(total > 0, frac / np.maximum(total, 1e-12), 0.5)
     f = frac[regions]
-    kind_px = np.where(
-        f >= 1 - split_fraction, True, np.where(f <= split_fraction, False, is_removed)
-    )
+    own = np.where(margin != 0, is_removed, f >= 0.5) if weighted else is_removed
+    kind_px = np.where(f >= 1 - split_fraction, True, np.where(f <= split_fraction, False, own))
     kinds: list[bool] = []
     for sign in (True, False):
         comp, m = ndimage.label((regions > 0) & (kind_px == sign), EIGHT)
@@ -181,4 +228,175 @@ def object_properties(
             "confidence": round(float(confidence[k]), 4),
             "pair": pair,
         }
+    return out
+
+
+MAX_RING_PX = 40
+"""The surroundings of a region are subsampled to at most this many pixels."""
+
+
+def _segment_distance(points: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Squared distance of each row of ``points`` (n, B) to the nearest segment (mixture of
+    two) between rows of ``ring`` (r, B)."""
+    start = ring[:, None, :]
+    span = ring[None, :, :] - start
+    length = (span**2).sum(-1)
+    rel = points[:, None, None, :] - start[None]
+    t = np.clip((rel * span[None]).sum(-1) / np.maximum(length[None], 1e-9), 0.0, 1.0)
+    return ((rel - t[..., None] * span[None]) ** 2).sum(-1).reshape(len(points), -1).min(1)
+
+
+def surroundings_margin(
+    before: np.ndarray,
+    after: np.ndarray,
+    changed: np.ndarray,
+    quiet: np.ndarray,
+    sigma: np.ndarray,
+    ring_px: int = 1,
+) -> np.ndarray:
+    """Removal margin: which view of each changed pixel its surroundings explain better.
+
+    An object occludes the surface; once it is gone, the pixel shows the surfaces around it
+    again, or a mixture of two of them (a pixel on a quay edge is part quay, part water). For
+    every 8-connected region of ``changed``, the quiet pixels within ``ring_px`` around it are
+    its surroundings; each view of each region pixel is scored by its distance (noise units)
+    to the nearest mixture of two surrounding pixels. ``margin = d_before - d_after``: > 0
+    when the after view is the better explained (something was removed), < 0 when the before
+    view is (something appeared). A narrow ring keeps neighbouring objects (the next vehicle
+    row) out of the surroundings.
+
+    Parameters
+    ----------
+    before, after
+        (B, y, x) the two views (window means), reflectance.
+    changed
+        (y, x) bool changed pixels (the grown change regions).
+    quiet
+        (y, x) bool unchanged, valid pixels (candidates for the surroundings).
+    sigma
+        (B,) noise sigma per band.
+    ring_px
+        Width of the surroundings ring, pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        (y, x) float32 margin, 0 outside the regions or where a region has no surroundings.
+    """
+    regions, _ = ndimage.label(changed, EIGHT)
+    margin = np.zeros(changed.shape, dtype=np.float32)
+    scale = (1.0 / np.asarray(sigma, dtype=np.float64))[:, None, None]
+    for k, sl in enumerate(ndimage.find_objects(regions), start=1):
+        if sl is None:
+            continue
+        y0, y1 = max(sl[0].start - ring_px, 0), min(sl[0].stop + ring_px, changed.shape[0])
+        x0, x1 = max(sl[1].start - ring_px, 0), min(sl[1].stop + ring_px, changed.shape[1])
+        reg = regions[y0:y1, x0:x1] == k
+        ring = ndimage.binary_dilation(reg, EIGHT, iterations=ring_px) & quiet[y0:y1, x0:x1]
+        if not ring.any():
+            continue
+        vb = np.nan_to_num(before[:, y0:y1, x0:x1]) * scale
+        va = np.nan_to_num(after[:, y0:y1, x0:x1]) * scale
+        rb, ra = vb[:, ring].T, va[:, ring].T
+        if len(rb) > MAX_RING_PX:
+            pick = np.linspace(0, len(rb) - 1, MAX_RING_PX).astype(int)
+            rb, ra = rb[pick], ra[pick]
+        d_before = _segment_distance(vb[:, reg].T, rb)
+        d_after = _segment_distance(va[:, reg].T, ra)
+        sub = margin[y0:y1, x0:x1]
+        sub[reg] = (d_before - d_after).astype(np.float32)
+    return margin
+
+
+MIN_ZONE_BACKGROUND_PX = 20
+"""Fewest quiet pixels of a zone from which its own background is taken."""
+
+
+def half_sample_mode(values: np.ndarray) -> float:
+    """Half-sample mode (Bickel and Fruehwirth 2006): repeatedly keep the shortest half.
+
+    Parameters
+    ----------
+    values
+        1-D sample.
+
+    Returns
+    -------
+    float
+        The mode estimate (NaN for an empty sample).
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    if x.size == 0:
+        return float("nan")
+    while x.size > 3:
+        h = (x.size + 1) // 2
+        widths = x[h - 1 :] - x[: x.size - h + 1]
+        i = int(np.argmin(widths))
+        x = x[i : i + h]
+    return float(np.median(x))
+
+
+def background_margin(
+    before: np.ndarray,
+    after: np.ndarray,
+    changed: np.ndarray,
+    quiet: np.ndarray,
+    sigma: np.ndarray,
+    window_px: int,
+    zones: np.ndarray | None = None,
+) -> np.ndarray:
+    """Removal margin against the local background: which view of each changed pixel is the
+    closer to the median of the quiet pixels around it.
+
+    An object covers a small share of its surroundings (an aircraft on an apron, a vehicle row
+    in a park, a ship in a harbour basin), so the median of the quiet pixels within
+    ``window_px`` is the empty surface; the view closer to it is the one without the object.
+    ``margin = d_before - d_after`` (squared distances in noise units): > 0 removed,
+    < 0 appeared. In a zone whose surface carries the objects, the background is the zone's
+    most common surface: per band, the half-sample mode of its quiet pixels (a vehicle park
+    where most pixels hold part of a vehicle row has a median between vehicle and hardstand;
+    its mode is the hardstand between the rows).
+
+    Parameters
+    ----------
+    before, after
+        (B, y, x) the two views, reflectance.
+    changed
+        (y, x) bool changed pixels.
+    quiet
+        (y, x) bool unchanged valid pixels (the background candidates).
+    sigma
+        (B,) noise sigma per band.
+    window_px
+        Side of the background window, pixels.
+    zones
+        (y, x) int zone raster (0 = none). A pixel in a zone takes its background from the
+        quiet pixels of its own zone (a vehicle park's hardstand, not the fields around it);
+        a pixel in no zone, or in a zone without quiet pixels near it, from all quiet pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        (y, x) float32 margin, 0 outside ``changed`` or where there is no background.
+    """
+    from pipeline.neighbourhood import local_background
+
+    scale = (1.0 / np.asarray(sigma, dtype=np.float64))[:, None, None]
+    out = np.zeros(changed.shape, dtype=np.float32)
+    if not changed.any():
+        return out
+    zone_ids = [] if zones is None else [int(z) for z in np.unique(zones[changed]) if z > 0]
+    dist = []
+    for view in (before, after):
+        bg = local_background(np.where(quiet[None], view, np.nan).astype(np.float32), window_px)
+        for z in zone_ids:
+            inside = zones == z
+            pix = view[:, quiet & inside & np.isfinite(view).all(axis=0)]
+            if pix.shape[1] < MIN_ZONE_BACKGROUND_PX:
+                continue
+            mode = np.asarray([half_sample_mode(b) for b in pix], dtype=np.float32)
+            bg = np.where(inside[None], mode[:, None, None], bg)
+        dist.append((((view - bg) * scale) ** 2).sum(axis=0))
+    m = np.nan_to_num(dist[0] - dist[1])
+    out[changed] = m[changed]
     return out

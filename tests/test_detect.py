@@ -107,6 +107,9 @@ def _stack(n_t: int, paint: Callable[[int, np.ndarray], None] | None = None, see
     return data
 
 
+PAIRWISE = DetectConfig(method="pairwise")
+
+
 def _run(cube: xr.Dataset, cfg: DetectConfig | None = None):
     return detect_cube(cube, _zones(), ZONE_NAMES, ZONE_KINDS, cfg or DetectConfig())
 
@@ -230,8 +233,10 @@ def test_pure_noise_false_alarms_match_the_false_alarm_rate() -> None:
     n_t, size = 6, 300
     base = np.array([0.1, 0.12, 0.15, 0.3, 0.25, 0.2], dtype=np.float32)
     data = base[None, :, None, None] + rng.normal(0, 0.01, (n_t, 6, size, size)).astype(np.float32)
-    cfg = DetectConfig(false_alarm_rate=1e-5, grow_false_alarm_rate=1e-2)
-    res = detect_cube(_cube(data), np.zeros((size, size), np.int16), (), (), cfg)
+    zones = np.zeros((size, size), np.int16)
+    assert detect_cube(_cube(data), zones, (), (), DetectConfig()).features == []  # multidate
+    cfg = DetectConfig(method="pairwise", false_alarm_rate=1e-5, grow_false_alarm_rate=1e-2)
+    res = detect_cube(_cube(data), zones, (), (), cfg)
     assert res.features == []
     score = res.score.values
     n = np.isfinite(score).sum()
@@ -261,8 +266,9 @@ def test_static_edge_with_residual_misregistration_is_not_change() -> None:
         cover = runway(0.25 if t == 2 else 0.0)
         img = SOIL[:, None, None] * (1 - cover) + (APRON + 0.15)[:, None, None] * cover
         data[t] = img + rng.normal(0, NOISE, img.shape).astype(np.float32)
-    assert _run(_cube(data)).features == []
-    naive = _run(_cube(data), DetectConfig(registration_noise_px=0.0))
+    assert _run(_cube(data)).features == []  # multidate: texture noise per date
+    assert _run(_cube(data), PAIRWISE).features == []
+    naive = _run(_cube(data), DetectConfig(method="pairwise", registration_noise_px=0.0))
     assert len(naive.features) >= 2  # the mechanism is what keeps the edges quiet
 
 
@@ -320,10 +326,16 @@ def test_thin_cloud_edge_next_to_a_cloud_is_not_an_object() -> None:
             img[:, 85:88, 60:110] += haze[:, None, None]  # same signature, no cloud near
 
     data = _stack(5, paint)
-    res = _run(_cube(data, valid))
+    # multidate: both one-date hazes have the spectral shape of haze and are masked
+    assert _run(_cube(data, valid)).features == []
+    kept = _run(
+        _cube(data, valid), DetectConfig(excursion_mask=False, one_date_cloud_distance_px=0)
+    )
+    assert len(kept.features) >= 2  # what the check removes
+    res = _run(_cube(data, valid), PAIRWISE)
     assert len(res.features) == 2  # the far patch: appeared on date 2, gone on date 3
     assert all(f["properties"]["centroid_lat"] < _lat_of_row(80) for f in res.features)
-    unguarded = _run(_cube(data, valid), DetectConfig(haze_distance_px=0))
+    unguarded = _run(_cube(data, valid), DetectConfig(method="pairwise", haze_distance_px=0))
     near = [f for f in unguarded.features if f["properties"]["centroid_lat"] > _lat_of_row(80)]
     assert {f["properties"]["kind"] for f in near} == {"appeared", "removed"}  # what it guards
 
@@ -357,13 +369,16 @@ def test_single_date_patch_is_flagged_transient_and_can_be_dropped() -> None:
             _put(img, AIRCRAFT, APRON + 0.1)  # arrives on date 2 and stays
 
     data = _stack(5, paint)
-    res = _run(_cube(data))
+    multi = _run(_cube(data))
+    found = sorted((f["properties"]["pair"], f["properties"]["transient"]) for f in multi.features)
+    assert found == [(1, False), (1, True), (2, True)]  # the one-date patch: in and out
+    res = _run(_cube(data), PAIRWISE)
     found = sorted(
         (f["properties"]["pair"], f["properties"]["kind"], f["properties"]["transient"])
         for f in res.features
     )
     assert found == [(1, "appeared", False), (1, "appeared", True), (2, "removed", True)]
-    dropped = _run(_cube(data), DetectConfig(drop_transients=True))
+    dropped = _run(_cube(data), DetectConfig(method="pairwise", drop_transients=True))
     assert len(dropped.features) == 1
     assert dropped.features[0]["properties"]["transient"] is False
     _assert_at(dropped.features[0], AIRCRAFT)
@@ -403,8 +418,14 @@ def _planted_cube() -> xr.Dataset:
 
 def test_numpy_and_dask_cubes_give_the_same_objects() -> None:
     cube = _planted_cube()
-    eager = _run(cube)
-    lazy = _run(cube.chunk({"time": 1, "y": 37, "x": 50}))
+    chunked = cube.chunk({"time": 1, "y": 37, "x": 50})
+    multi = _run(cube)
+    assert len(multi.features) == 3
+    assert [f["properties"] for f in _run(chunked).features] == [
+        f["properties"] for f in multi.features
+    ]
+    eager = _run(cube, PAIRWISE)
+    lazy = _run(chunked, PAIRWISE)
     assert isinstance(lazy.score.data, da.Array)
     assert isinstance(eager.score.data, np.ndarray)
     assert len(eager.features) == 3
@@ -518,7 +539,7 @@ def test_too_few_joint_pixels_leave_the_pair_unscored() -> None:
     valid[0] = True
     valid[2] = True
     valid[1, :5, :5] = True  # 25 px only
-    res = _run(_cube(data, valid))
+    res = _run(_cube(data, valid), PAIRWISE)
     assert res.pairs[0]["n_scored_px"] == 0
     assert res.pairs[1]["n_scored_px"] == NY * NX
 

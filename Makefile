@@ -41,7 +41,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix pipeline tests benchmarks
 
 bench: $(STAMP)
-	@echo "no benchmarks yet"
+	@$(BIN)/python benchmarks/bench_core.py
 
 clean:
 	rm -rf demo_catalog data reports metrics dvc_plots .dvc/tmp .dvc/cache

@@ -1,0 +1,302 @@
+"""Benchmark of the change core and the out-of-core detect stage (prints JSON).
+
+Run from the project root (``make bench``; about 5 minutes on 2 shared cores)::
+
+    .venv/bin/python benchmarks/bench_core.py [--sizes 1024,2048,4096,10980] [--dates 2,24]
+
+Each run is one (size, dates) configuration, measured in a fresh subprocess (so its peak
+resident memory, ``VmHWM``, is its own) on generated data
+(:class:`pipeline.tile_synth.SyntheticStack`: land-cover scene, per-date gain/offset, noise,
+clouds and one planted object per 256 x 256 px, each removed or appeared at one date):
+
+1. **Stage.** After a warm-up (the same stage on a 64 x 64 stack: imports, numba kernels
+   compiled or loaded from the cache), :func:`pipeline.tile.detect_tile` over the whole
+   ``size`` x ``size`` x 4-band x ``dates`` stack, read lazily window by window (it is never
+   held: 24 dates of a full tile are 46 GB of float32), 1024 px chunks, dask threads (2).
+   ``seconds`` is its wall time, ``peak_rss_mb`` the process peak right after it. ``recall``
+   counts the planted changes found with the right sign.
+2. **Core.** Then, in the same process, after a warm-up, the fused change core
+   (:func:`pipeline.fastcore.change_core`, full noise model as the stage runs it) on the stage's
+   last date pair over a 4096 x 4096 window (a smaller grid is tiled up to it, so that the
+   inputs, 600 MB, stream from memory and not from the L3 cache): the before view is the
+   last valid view carried through all earlier dates (streamed as the stage does), with the
+   stage's own parameters. ``copy_gbps`` = input bytes (both views, both masks, the
+   before-date index) per second through :func:`numpy.copyto` into preallocated arrays,
+   measured just before; ``core_gbps`` = the same bytes per second through the core, on one
+   thread and on all cores of the process (threads over bands of rows), the faster
+   reported (``core_threads``; both are kept: ``core_gbps_1thread``); ``ratio_to_copy`` =
+   their ratio. ``ratio_to_copy_1thread_no_stencil``: the per-pixel statistic alone (no
+   registration/resampling noise stencil). ``speedup_vs_reference`` = time of the plain xarray
+   reference (:func:`pipeline.fastcore_ref.change_core_reference`, same inputs, same math,
+   unfused) over the fused core's on one thread, on a 2048 x 2048 window; for that window
+   ``reference_gbps``/``reference_ratio_to_copy`` and the peak of memory each allocates
+   while it runs (``tracemalloc``: ``reference_peak_alloc_mb``, ``core_peak_alloc_mb``).
+
+Timings on a shared machine are noisy: ratios are measured within one run, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import tracemalloc
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.io_utils import write_json  # noqa: E402
+
+SIZES = (1024, 2048, 4096, 10980)
+"""Grid sides (px) of the runs."""
+
+DATES = (2, 24)
+"""Stack lengths of the runs."""
+
+CORE_WINDOW_PX = 4096
+"""Largest window of the in-memory core measurement."""
+
+REFERENCE_WINDOW_PX = 2048
+"""Largest window of the reference comparison (the reference needs many full temporaries)."""
+
+CHUNK_PX = 1024
+"""Spatial chunk of the stage."""
+
+THREADS = 2
+"""Dask threads of the stage."""
+
+CORE_THREADS = os.cpu_count() or 1
+"""Threads of the multi-threaded core measurement (one process, every core)."""
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (``VmHWM``), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_alloc_mb(func: Any) -> float:
+    """Peak of memory allocated (numpy included) while ``func`` runs, MiB (``tracemalloc``)."""
+    tracemalloc.start()
+    try:
+        func()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def cpu_name() -> str:
+    """CPU model of this machine (``/proc/cpuinfo``), with the number of cores."""
+    name = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {os.cpu_count()} cpus"
+
+
+def best_seconds(func: Any, repeat: int) -> float:
+    """Smallest wall time of ``repeat`` calls (after one warm-up call)."""
+    func()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def recall(stack: Any, features: list[dict]) -> float:
+    """Share of planted changes with a detection of the right sign on their footprint."""
+    from pyproj import Transformer
+
+    to_utm = Transformer.from_crs(4326, stack.crs, always_xy=True)
+    inv = ~stack.transform
+    hits = set()
+    boxes = stack.objects()
+    for f in features:
+        p = f["properties"]
+        col, row = inv @ to_utm.transform(p["centroid_lon"], p["centroid_lat"])
+        inside = (
+            (boxes[:, 0] - 1 <= row)
+            & (row <= boxes[:, 1] + 1)
+            & (boxes[:, 2] - 1 <= col)
+            & (col <= boxes[:, 3] + 1)
+            & (boxes[:, 5] == (p["kind"] == "removed"))
+        )
+        hits.update(np.flatnonzero(inside).tolist())
+    return len(hits) / max(1, len(boxes))
+
+
+def last_pair(stack: Any, size: int, params: list[Any]) -> tuple[np.ndarray, ...]:
+    """Inputs of the last pair's core over the top-left ``size`` window, streamed as the stage."""
+    from pipeline.fastcore import update_last_view
+    from pipeline.tile_read import read_window
+
+    win = (slice(0, size), slice(0, size))
+    prev, prev_ok = read_window(stack, 0, *win)
+    prev_idx = np.where(prev_ok, 0, -1).astype(np.int16)
+    for t in range(1, stack.n_dates - 1):
+        after, after_ok = read_window(stack, t, *win)
+        update_last_view(prev, prev_ok, prev_idx, after, after_ok, params[t - 1], t)
+        del after, after_ok
+    after, after_ok = read_window(stack, stack.n_dates - 1, *win)
+    return prev, after, prev_ok, after_ok, prev_idx
+
+
+def child(size: int, dates: int, seed: int) -> dict[str, Any]:
+    """One run (see the module docstring), in this process."""
+    from pipeline.config import DetectConfig
+    from pipeline.fastcore import change_core
+    from pipeline.fastcore_ref import change_core_reference
+    from pipeline.tile import detect_tile
+    from pipeline.tile_synth import SyntheticStack
+
+    cfg = DetectConfig()
+    warm = SyntheticStack((64, 64), 2, seed=seed, object_spacing_px=32, period_px=61)
+    detect_tile(warm, cfg, chunk_px=CHUNK_PX, n_threads=THREADS)
+    stack = SyntheticStack((size, size), dates, seed=seed)
+    start = time.perf_counter()
+    result = detect_tile(stack, cfg, chunk_px=CHUNK_PX, n_threads=THREADS)
+    seconds = time.perf_counter() - start
+    stage_peak = peak_rss_mb()
+    input_bytes = size * size * dates * (4 * stack.n_bands + 1)
+
+    w = min(size, CORE_WINDOW_PX)
+    params = result.params[-1]
+    inputs = last_pair(stack, w, result.params)
+    if w < CORE_WINDOW_PX:  # small grids: tile the pair up, so both copy and core stream DRAM
+        reps = -(-CORE_WINDOW_PX // w)
+        inputs = tuple(
+            np.ascontiguousarray(
+                np.tile(a, (1,) * (a.ndim - 2) + (reps, reps))[
+                    ..., :CORE_WINDOW_PX, :CORE_WINDOW_PX
+                ]
+            )
+            for a in inputs
+        )
+        w = CORE_WINDOW_PX
+    nbytes = sum(a.nbytes for a in inputs)
+    targets = [np.empty_like(a) for a in inputs]
+
+    def copy() -> None:
+        for src, dst in zip(inputs, targets, strict=True):
+            np.copyto(dst, src)
+
+    def fused(arrays: list[np.ndarray], threads: int = 1, p: Any = params) -> Any:
+        return change_core(*arrays[:4], p, before_index=arrays[4], threads=threads)
+
+    plain = replace(params, registration_noise_px=0.0, resampling_blur_px2=0.0)
+    copy_s = best_seconds(copy, 5)
+    core_nt_s = best_seconds(lambda: fused(inputs, CORE_THREADS), 5)
+    core_1t_s = best_seconds(lambda: fused(inputs), 5)
+    core_s, threads = min((core_1t_s, 1), (core_nt_s, CORE_THREADS))
+    plain_1t_s = best_seconds(lambda: fused(inputs, 1, plain), 5)
+    targets.clear()
+    r = min(w, REFERENCE_WINDOW_PX)
+    sub = [np.ascontiguousarray(a[..., :r, :r]) for a in inputs]
+    fused_sub_s = best_seconds(lambda: fused(sub), 3)
+    ref_s = best_seconds(lambda: change_core_reference(*sub[:4], params, before_index=sub[4]), 1)
+    sub_bytes = sum(a.nbytes for a in sub)
+    core_alloc = peak_alloc_mb(lambda: fused(sub))
+    ref_alloc = peak_alloc_mb(lambda: change_core_reference(*sub[:4], params, before_index=sub[4]))
+    return {
+        "pixels": size * size,
+        "size_px": size,
+        "dates": dates,
+        "bands": stack.n_bands,
+        "seconds": round(seconds, 3),
+        "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+        "mpix_dates_per_s": round(size * size * dates / seconds / 1e6, 3),
+        "stage_gbps": round(input_bytes / seconds / 1e9, 4),
+        "core_pixels": w * w,
+        "core_threads": threads,
+        "core_seconds": round(core_s, 5),
+        "core_gbps": round(nbytes / core_s / 1e9, 3),
+        "copy_gbps": round(nbytes / copy_s / 1e9, 3),
+        "ratio_to_copy": round(copy_s / core_s, 3),
+        "core_gbps_1thread": round(nbytes / core_1t_s / 1e9, 3),
+        "ratio_to_copy_1thread": round(copy_s / core_1t_s, 3),
+        "ratio_to_copy_1thread_no_stencil": round(copy_s / plain_1t_s, 3),
+        "reference_pixels": r * r,
+        "reference_seconds": round(ref_s, 4),
+        "fused_seconds_same_window": round(fused_sub_s, 5),
+        "speedup_vs_reference": round(ref_s / fused_sub_s, 2),
+        "reference_gbps": round(sub_bytes / ref_s / 1e9, 4),
+        "reference_ratio_to_copy": round(sub_bytes / ref_s / (nbytes / copy_s), 4),
+        "reference_mpix_per_s": round(r * r / ref_s / 1e6, 2),
+        "core_mpix_per_s": round(w * w / core_s / 1e6, 1),
+        "reference_peak_alloc_mb": round(ref_alloc, 1),
+        "core_peak_alloc_mb": round(core_alloc, 1),
+        "peak_rss_mb": round(stage_peak, 1),
+        "peak_rss_mb_with_core_measure": round(peak_rss_mb(), 1),
+        "objects": len(result.features),
+        "planted_changes": len(stack.objects()),
+        "recall": round(recall(stack, result.features), 3),
+        "threads": THREADS,
+        "chunk_px": CHUNK_PX,
+    }
+
+
+def main() -> None:
+    """Run every configuration in its own subprocess, write results.json, print JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--dates", default=",".join(map(str, DATES)))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
+    ap.add_argument("--child", nargs=2, type=int, metavar=("SIZE", "DATES"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child, seed=args.seed)))
+        return
+    runs = []
+    begin = time.perf_counter()
+    for dates in map(int, args.dates.split(",")):
+        for size in map(int, args.sizes.split(",")):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                str(size),
+                str(dates),
+                "--seed",
+                str(args.seed),
+            ]
+            start = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+            if out.returncode != 0:
+                sys.stderr.write(out.stderr[-3000:])
+                raise SystemExit(f"run {size} px x {dates} dates failed (exit {out.returncode})")
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            run["machine"] = cpu_name()
+            run["run_seconds"] = round(time.perf_counter() - start, 1)
+            runs.append(run)
+            sys.stderr.write(
+                f"{size:>6} px x {dates:>2} dates: stage {run['seconds']:8.1f} s, "
+                f"peak {run['peak_rss_mb']:7.0f} MiB, core/copy {run['ratio_to_copy']:.2f}, "
+                f"x{run['speedup_vs_reference']:.0f} vs reference, recall {run['recall']:.2f} "
+                f"({time.perf_counter() - start:.0f} s)\n"
+            )
+            write_json(args.out, runs)  # keep what is measured so far
+    sys.stderr.write(f"all runs: {time.perf_counter() - begin:.0f} s, results in {args.out}\n")
+    print(json.dumps(runs, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -293,13 +293,14 @@ class DetectConfig(_Strict):
         "(SCL, or an excursion found atmospheric) is dropped: the unflagged edge of a cloud or "
         "its shadow, not an object. 0 disables.",
     )
-    sign_method: Literal["background", "ring"] = Field(
-        "background",
+    sign_method: Literal["surround", "background", "ring"] = Field(
+        "surround",
         description="Multi-date method: how a change is signed (removed: the after view is the "
-        "empty surface). background: which view is closer to the median of the quiet pixels "
-        "within sign_window_px, or in a surface zone to the zone's most common surface (its "
-        "half-sample mode); ring: which view the mixtures of two quiet pixels just around the "
-        "region explain better.",
+        "empty surface, the one closer to the surface around the object). surround: the band "
+        "medians of the quiet pixels in a ring of sign_ring_px around the region; background: "
+        "the median of the quiet pixels within sign_window_px; with both, inside a surface zone "
+        "the zone's most common surface (its half-sample mode). ring: which view the mixtures "
+        "of two quiet pixels just around the region explain better.",
     )
     sign_surface_zone_kinds: tuple[str, ...] = Field(
         ("apron", "runway", "taxiway", "parking", "hardstand"),
@@ -311,11 +312,11 @@ class DetectConfig(_Strict):
         24, ge=6, description="Side (px) of the background window of sign_method background."
     )
     sign_ring_px: int = Field(
-        1,
+        3,
         ge=1,
-        le=4,
-        description="Width (px) of the surroundings that sign a change: removed when the after "
-        "view is the better explained as a mixture of two surrounding pixels.",
+        le=8,
+        description="Width (px) of the ring of surroundings that signs a change (sign_method "
+        "surround or ring).",
     )
     series_sign_split_fraction: float = Field(
         0.2,
@@ -568,6 +569,11 @@ class SitePaths(BaseModel):
     def metrics(self) -> Path:
         """Evaluate output: the site's metrics."""
         return self.metrics_dir / f"{self.site}.json"
+
+    @property
+    def occupancy(self) -> Path:
+        """Detect output: share of each zone occupied at each date (CSV, a DVC plot)."""
+        return self.metrics_dir / f"{self.site}_occupancy.csv"
 
 
 def site_paths(cfg: Config, site: str, root: str | Path = ".") -> SitePaths:

@@ -375,8 +375,9 @@ def _sign_margin(
     """Removal margin of each changed pixel (> 0 removed) by ``cfg.sign_method``."""
     if cfg.sign_method == "ring":
         return surroundings_margin(before, after, changed, quiet, sigma, cfg.sign_ring_px)
+    ring = cfg.sign_ring_px if cfg.sign_method == "surround" else 0
     return background_margin(
-        before, after, changed, quiet, sigma, cfg.sign_window_px, surface_zones
+        before, after, changed, quiet, sigma, cfg.sign_window_px, surface_zones, ring
     )
 
 

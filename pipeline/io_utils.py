@@ -12,6 +12,36 @@ from pathlib import Path
 from typing import Any
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temporary file beside it, then rename).
+
+    Parameters
+    ----------
+    path
+        Destination file; its folder is created if needed.
+    text
+        The content.
+
+    Returns
+    -------
+    Path
+        The written path.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
 def write_json(path: str | Path, obj: Any, *, indent: int | None = 1) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (temporary file beside it, then rename).
 

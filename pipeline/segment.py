@@ -336,6 +336,29 @@ def half_sample_mode(values: np.ndarray) -> float:
     return float(np.median(x))
 
 
+def _ring_median(
+    view: np.ndarray, changed: np.ndarray, quiet: np.ndarray, ring_px: int
+) -> np.ndarray:
+    """(B, y, x) per region of ``changed``: the band medians of the quiet ring around it."""
+    regions, _ = ndimage.label(changed, EIGHT)
+    bg = np.full(view.shape, np.nan, dtype=np.float32)
+    for k, sl in enumerate(ndimage.find_objects(regions), start=1):
+        if sl is None:
+            continue
+        y0, y1 = max(sl[0].start - ring_px, 0), min(sl[0].stop + ring_px, changed.shape[0])
+        x0, x1 = max(sl[1].start - ring_px, 0), min(sl[1].stop + ring_px, changed.shape[1])
+        reg = regions[y0:y1, x0:x1] == k
+        ring = ndimage.binary_dilation(reg, EIGHT, iterations=ring_px) & ~reg
+        ring &= quiet[y0:y1, x0:x1]
+        sub = view[:, y0:y1, x0:x1]
+        ring &= np.isfinite(sub).all(axis=0)
+        if not ring.any():
+            continue
+        med = np.median(sub[:, ring], axis=1).astype(np.float32)
+        bg[:, y0:y1, x0:x1][:, reg] = med[:, None]
+    return bg
+
+
 def background_margin(
     before: np.ndarray,
     after: np.ndarray,
@@ -344,6 +367,7 @@ def background_margin(
     sigma: np.ndarray,
     window_px: int,
     zones: np.ndarray | None = None,
+    ring_px: int = 0,
 ) -> np.ndarray:
     """Removal margin against the local background: which view of each changed pixel is the
     closer to the median of the quiet pixels around it.
@@ -369,6 +393,10 @@ def background_margin(
         (B,) noise sigma per band.
     window_px
         Side of the background window, pixels.
+    ring_px
+        > 0: outside surface zones, the background of a region is the per-band median of the
+        quiet pixels in a ring of this width around it (the surface it stands on, even where
+        that surface is small among others); 0: the local median over ``window_px``.
     zones
         (y, x) int zone raster (0 = none). A pixel in a zone takes its background from the
         quiet pixels of its own zone (a vehicle park's hardstand, not the fields around it);
@@ -388,7 +416,10 @@ def background_margin(
     zone_ids = [] if zones is None else [int(z) for z in np.unique(zones[changed]) if z > 0]
     dist = []
     for view in (before, after):
-        bg = local_background(np.where(quiet[None], view, np.nan).astype(np.float32), window_px)
+        if ring_px > 0:
+            bg = _ring_median(view, changed, quiet, ring_px)
+        else:
+            bg = local_background(np.where(quiet[None], view, np.nan).astype(np.float32), window_px)
         for z in zone_ids:
             inside = zones == z
             pix = view[:, quiet & inside & np.isfinite(view).all(axis=0)]

@@ -16,7 +16,7 @@ import xarray as xr
 from pipeline import catalog, load
 from pipeline.config import Config, SitePaths, site_paths
 from pipeline.errors import DataError, StageInputError
-from pipeline.io_utils import read_json, write_json
+from pipeline.io_utils import read_json, write_json, write_text
 from pipeline.sites import Site, get_site
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def _stack_like(template: xr.DataArray, slices: list) -> xr.DataArray:
 
 def run_detect(cfg: Config, site_name: str) -> int:
     """Run the change core on the aligned cube; write ``detections.geojson``; returns the count."""
-    from pipeline import detect
+    from pipeline import detect, occupancy
 
     site, paths = _site(cfg, site_name)
     cube = load.read_cube(_require(paths.aligned, "coregister"))
@@ -189,6 +189,7 @@ def run_detect(cfg: Config, site_name: str) -> int:
     }
     write_json(paths.detections, fc)
     _write_score(result.score, paths.change)
+    write_text(paths.occupancy, occupancy.to_csv(result.occupancy))
     return len(result.features)
 
 

@@ -135,3 +135,24 @@ def test_rows_leaving_a_dense_park_are_removed_and_arrivals_appeared() -> None:
     m = background_margin(after, before, changed, quiet, SIGMA, 24, zones)
     assert (m[6, 7:27] < 0).all()
     assert (m[~changed] == 0).all()
+
+
+def test_surround_signs_an_object_on_a_small_apron_among_fields() -> None:
+    # a 5 x 9 px aircraft-bright object on a 9 x 13 px apron, fields all around: the local
+    # median of a 24 px window is the fields, the ring around the object is the apron
+    fields = np.array([0.04, 0.07, 0.05, 0.3, 0.2, 0.1])
+    apron = np.array([0.20, 0.22, 0.24, 0.27, 0.30, 0.28])
+    aircraft = np.array([0.12, 0.13, 0.13, 0.16, 0.14, 0.12])
+    empty = np.broadcast_to(fields[:, None, None], (6, 40, 40)).copy()
+    empty[:, 14:23, 12:25] = apron[:, None, None]
+    full = empty.copy()
+    full[:, 16:21, 14:23] = aircraft[:, None, None]
+    changed = np.zeros((40, 40), dtype=bool)
+    changed[16:21, 14:23] = True
+    quiet = ~changed
+    ring = background_margin(full, empty, changed, quiet, SIGMA, 24, None, ring_px=2)
+    assert (ring[changed] > 0).all()  # removed
+    ring = background_margin(empty, full, changed, quiet, SIGMA, 24, None, ring_px=2)
+    assert (ring[changed] < 0).all()  # appeared
+    window = background_margin(full, empty, changed, quiet, SIGMA, 24, None)
+    assert (window[changed] < 0).any()  # what the ring fixes: the window sees the fields

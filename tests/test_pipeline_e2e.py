@@ -74,3 +74,16 @@ def test_removals_dominate_in_december(demo_run: tuple[Config, dict]) -> None:
     fc = json.loads(site_paths(cfg, "tartus").detections.read_text())
     kinds = [f["properties"]["kind"] for f in fc["features"]]
     assert kinds.count("removed") > kinds.count("appeared")
+
+
+def test_zone_occupancy_series_falls_with_the_withdrawal(demo_run: tuple[Config, dict]) -> None:
+    import csv
+
+    cfg, _ = demo_run
+    path = site_paths(cfg, "tartus").occupancy
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    assert len(rows) >= 10 and rows[0]["date"] < rows[-1]["date"]
+    share = [float(r["all_zones"]) for r in rows]
+    assert all(0.0 <= s <= 1.0 for s in share)
+    december = [float(r["all_zones"]) for r in rows if r["date"].startswith("2024-12")]
+    assert max(share[:3]) > min(december)  # ships left the piers during December

@@ -283,6 +283,8 @@ def test_dvc_plots_show_renders_the_report_tables(tmp_path: Path) -> None:
     subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=60)
     shutil.copytree(ROOT / ".dvc" / "plots", tmp_path / ".dvc" / "plots")
     shutil.copytree(run.paths.reports, tmp_path / "reports" / "tartus")
+    (tmp_path / "metrics").mkdir()
+    shutil.copy(run.paths.occupancy, tmp_path / "metrics" / run.paths.occupancy.name)
     r = subprocess.run(
         [dvc, "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
@@ -300,6 +302,8 @@ def test_dvc_plots_show_renders_the_report_tables(tmp_path: Path) -> None:
     total = sum(int(v["dvc_inferred_y_value"]) for v in counts if "tartus" in v["filename::field"])
     n_features = len(json.loads(run.paths.detections.read_text())["features"])
     assert total == n_features
+    zone = out["data"]["zone_occupancy"][0]["content"]["data"]["values"]
+    assert len([v for v in zone if "tartus" in v["filename"]]) >= 2
     html = subprocess.run(
         [dvc, "plots", "show", "-o", str(tmp_path / "html")], cwd=tmp_path, capture_output=True,
         text=True, timeout=120,

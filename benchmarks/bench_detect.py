@@ -172,7 +172,13 @@ def _sweep(
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
     """The envelope figures a cloud check moves: precision, recall, false alarms."""
     env = summary.get("envelope", {})
-    keys = ("precision", "recall", "false_alarms_per_km2_date", "false_alarm_causes")
+    keys = (
+        "precision",
+        "recall_20_40m",
+        "recall_40m_plus",
+        "false_alarms_per_km2_date",
+        "false_alarm_causes",
+    )
     return {k: env[k] for k in keys if k in env}
 
 

@@ -59,20 +59,7 @@ def write_json(path: str | Path, obj: Any, *, indent: int | None = 1) -> Path:
     Path
         The written path.
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=indent, sort_keys=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=str) + "\n")
 
 
 @contextmanager

@@ -6,7 +6,7 @@ Runs after the scores are computed: a region must be seen whole, across chunk bo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -283,18 +283,9 @@ def surroundings_margin(
     numpy.ndarray
         (y, x) float32 margin, 0 outside the regions or where a region has no surroundings.
     """
-    regions, _ = ndimage.label(changed, EIGHT)
     margin = np.zeros(changed.shape, dtype=np.float32)
     scale = (1.0 / np.asarray(sigma, dtype=np.float64))[:, None, None]
-    for k, sl in enumerate(ndimage.find_objects(regions), start=1):
-        if sl is None:
-            continue
-        y0, y1 = max(sl[0].start - ring_px, 0), min(sl[0].stop + ring_px, changed.shape[0])
-        x0, x1 = max(sl[1].start - ring_px, 0), min(sl[1].stop + ring_px, changed.shape[1])
-        reg = regions[y0:y1, x0:x1] == k
-        ring = ndimage.binary_dilation(reg, EIGHT, iterations=ring_px) & quiet[y0:y1, x0:x1]
-        if not ring.any():
-            continue
+    for (y0, y1, x0, x1), reg, ring in _regions_with_rings(changed, quiet, ring_px):
         vb = np.nan_to_num(before[:, y0:y1, x0:x1]) * scale
         va = np.nan_to_num(after[:, y0:y1, x0:x1]) * scale
         rb, ra = vb[:, ring].T, va[:, ring].T
@@ -336,12 +327,13 @@ def half_sample_mode(values: np.ndarray) -> float:
     return float(np.median(x))
 
 
-def _ring_median(
-    view: np.ndarray, changed: np.ndarray, quiet: np.ndarray, ring_px: int
-) -> np.ndarray:
-    """(B, y, x) per region of ``changed``: the band medians of the quiet ring around it."""
+def _regions_with_rings(
+    changed: np.ndarray, quiet: np.ndarray, ring_px: int
+) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]]:
+    """Each 8-connected region of ``changed``: its window (y0, y1, x0, x1), its mask there,
+    and the quiet pixels within ``ring_px`` around it (never in it); regions with no quiet
+    pixel around them are skipped."""
     regions, _ = ndimage.label(changed, EIGHT)
-    bg = np.full(view.shape, np.nan, dtype=np.float32)
     for k, sl in enumerate(ndimage.find_objects(regions), start=1):
         if sl is None:
             continue
@@ -350,6 +342,16 @@ def _ring_median(
         reg = regions[y0:y1, x0:x1] == k
         ring = ndimage.binary_dilation(reg, EIGHT, iterations=ring_px) & ~reg
         ring &= quiet[y0:y1, x0:x1]
+        if ring.any():
+            yield (y0, y1, x0, x1), reg, ring
+
+
+def _ring_median(
+    view: np.ndarray, changed: np.ndarray, quiet: np.ndarray, ring_px: int
+) -> np.ndarray:
+    """(B, y, x) per region of ``changed``: the band medians of the quiet ring around it."""
+    bg = np.full(view.shape, np.nan, dtype=np.float32)
+    for (y0, y1, x0, x1), reg, ring in _regions_with_rings(changed, quiet, ring_px):
         sub = view[:, y0:y1, x0:x1]
         ring &= np.isfinite(sub).all(axis=0)
         if not ring.any():

@@ -51,7 +51,7 @@ import xarray as xr
 from scipy import ndimage
 from scipy.stats import chi2
 
-from pipeline import clouds, multidate, noise, occupancy
+from pipeline import clouds, multidate, noise, occupancy, onedate
 from pipeline.config import DetectConfig
 from pipeline.neighbourhood import local_background
 from pipeline.objects import grid_transform, region_features
@@ -67,11 +67,8 @@ from pipeline.pairwise import (
     thresholds,
 )
 from pipeline.segment import (
-    EIGHT,
-    background_margin,
     object_properties,
     segment_pair,
-    surroundings_margin,
 )
 
 __all__ = [
@@ -83,13 +80,6 @@ __all__ = [
     "series_thresholds",
     "thresholds",
 ]
-
-QUIET_RATE = 0.1
-"""A pixel signs its neighbours' changes only when its own statistic is below the chi-square
-quantile ``1 - QUIET_RATE`` (a faint fringe of the change is not its surroundings)."""
-
-TAIL_QUANTILES = (0.99, 0.999)
-"""Quantiles of the scores between which their empirical tail is fitted (for confidence)."""
 
 
 def series_thresholds(cfg: DetectConfig, n_bands: int) -> tuple[float, float]:
@@ -163,31 +153,6 @@ def _occupancy(
         return []
     t = grid_transform(cube["x"].values, cube["y"].values)
     return occupancy.zone_occupancy(state, zone_raster, zone_names, dates, abs(t.a * t.e))
-
-
-def _tail(scores: np.ndarray, n_bands: int) -> tuple[float, float]:
-    """(intercept, rate) of ``log P(G >= x) = a - rate * x`` fitted to the empirical tail."""
-    s = scores[np.isfinite(scores)]
-    if s.size < 1000:
-        return 0.0, 0.5
-    lo, hi = np.quantile(s, TAIL_QUANTILES)
-    if not hi > lo:
-        return 0.0, 0.5
-    p_lo, p_hi = 1 - TAIL_QUANTILES[0], 1 - TAIL_QUANTILES[1]
-    rate = float(np.log(p_lo / p_hi) / (hi - lo))
-    rate = min(rate, 0.5)  # never lighter than the chi-square tail (exp(-x/2))
-    return float(np.log(p_lo) + rate * lo), rate
-
-
-def _tail_p(x: np.ndarray, tail: tuple[float, float], n_bands: int) -> np.ndarray:
-    a, rate = tail
-    emp = np.exp(np.minimum(a - rate * np.asarray(x, dtype=np.float64), 0.0))
-    return np.maximum(emp, chi2.sf(np.asarray(x, dtype=np.float64), n_bands))
-
-
-def _confidence(peak: np.ndarray, n_tested: int, tail: tuple, n_bands: int) -> np.ndarray:
-    p = np.minimum(_tail_p(peak, tail, n_bands), 1 - 1e-12)
-    return np.exp(n_tested * np.log1p(-p))
 
 
 def _drift(
@@ -285,7 +250,7 @@ def _detect_multidate(
     med = float(np.nanmedian(raw)) if np.isfinite(raw).any() else chi2.median(n_bands)
     scale = max(1.0, med / chi2.median(n_bands))
     score = (raw / np.float32(scale)).astype(np.float32)
-    tail = _tail(score[1:].ravel()[:: max(1, score[1:].size // 2_000_000)], n_bands)
+    tail = onedate.fit_tail(score[1:].ravel()[:: max(1, score[1:].size // 2_000_000)], n_bands)
     sig3 = sigma[None, :, None, None]
     mean_b, mean_a = sc.mean_before * sig3, sc.mean_after * sig3
     labels_all = np.zeros((n_pairs, ny, nx), dtype=np.int32)
@@ -327,7 +292,7 @@ def _detect_multidate(
             }
         )
     if cfg.one_date_objects:
-        features = _one_date_objects(
+        features = onedate.one_date_objects(
             exc,
             valid,
             nm.z * sig3,
@@ -355,32 +320,6 @@ def _detect_multidate(
     return DetectResult(features=features, pairs=pairs, score=score_da, labels=labels_da)
 
 
-def _surface_zones(
-    zone_raster: np.ndarray, zone_kinds: Sequence[str], cfg: DetectConfig
-) -> np.ndarray:
-    """The zone raster with only the zones whose own surface carries the objects."""
-    surface = np.asarray([False] + [k in cfg.sign_surface_zone_kinds for k in zone_kinds])
-    return np.where(surface[zone_raster], zone_raster, 0)
-
-
-def _sign_margin(
-    before: np.ndarray,
-    after: np.ndarray,
-    changed: np.ndarray,
-    quiet: np.ndarray,
-    sigma: np.ndarray,
-    surface_zones: np.ndarray,
-    cfg: DetectConfig,
-) -> np.ndarray:
-    """Removal margin of each changed pixel (> 0 removed) by ``cfg.sign_method``."""
-    if cfg.sign_method == "ring":
-        return surroundings_margin(before, after, changed, quiet, sigma, cfg.sign_ring_px)
-    ring = cfg.sign_ring_px if cfg.sign_method == "surround" else 0
-    return background_margin(
-        before, after, changed, quiet, sigma, cfg.sign_window_px, surface_zones, ring
-    )
-
-
 def _objects_at(
     t: int,
     score: np.ndarray,
@@ -401,11 +340,11 @@ def _objects_at(
     seed_thr, grow_thr, min_px = levels
     transform, crs, zone_raster, zone_names, zone_kinds = grid
     n_bands = before.shape[0]
-    surface_zones = _surface_zones(zone_raster, zone_kinds, cfg)
+    surface_zones = onedate.surface_zones(zone_raster, zone_kinds, cfg)
     with np.errstate(invalid="ignore"):
         changed = np.nan_to_num(score, nan=-1.0) >= grow_thr
-        quiet = np.nan_to_num(score, nan=np.inf) < chi2.isf(QUIET_RATE, n_bands)
-    margin = _sign_margin(before, after, changed, quiet, sigma, surface_zones, cfg)
+        quiet = np.nan_to_num(score, nan=np.inf) < chi2.isf(onedate.QUIET_RATE, n_bands)
+    margin = onedate.sign_margin(before, after, changed, quiet, sigma, surface_zones, cfg)
     labels, kinds, seed = segment_pair(
         score, margin, seed_thr, grow_thr, min_px, cfg.series_sign_split_fraction, weighted=True
     )
@@ -456,7 +395,7 @@ def _objects_at(
         offset=offset,
     )
     peaks = np.asarray([props[k]["score_peak"] for k in sorted(props)])
-    conf = _confidence(peaks, n_tested, tail, n_bands)
+    conf = onedate.confidence(peaks, n_tested, tail, n_bands)
     for j, k in enumerate(sorted(props)):
         props[k].update(
             confidence=round(float(conf[j]), 4),
@@ -467,95 +406,3 @@ def _objects_at(
     glob = np.where(labels > 0, labels + offset, 0).astype(np.int32)
     feats = region_features(glob, transform, crs, zone_raster, zone_names, zone_kinds, props)
     return feats, glob
-
-
-def _one_date_objects(
-    exc: clouds.Excursions,
-    loaded: np.ndarray,
-    refl: np.ndarray,
-    used: np.ndarray,
-    dates: list[str],
-    cfg: DetectConfig,
-    sigma: np.ndarray,
-    levels: tuple[float, float, int],
-    tail: tuple[float, float],
-    site: str,
-    features: list[dict],
-    labels_all: np.ndarray,
-    grid: tuple,
-) -> list[dict]:
-    """An appearance and a removal for each one-date object (``transient`` = true)."""
-    transform, crs, zone_raster, zone_names, zone_kinds = grid
-    surface_zones = _surface_zones(zone_raster, zone_kinds, cfg)
-    t_len = refl.shape[0]
-    n_bands = refl.shape[1]
-    idx = np.arange(t_len)[:, None, None]
-    prev_valid = np.where(used, idx, -1)
-    prev_valid = np.maximum.accumulate(prev_valid, axis=0)
-    next_valid = np.where(used, idx, t_len)
-    next_valid = np.minimum.accumulate(next_valid[::-1], axis=0)[::-1]
-    features = list(features)
-    for t in range(t_len):
-        obj = exc.objects[t]
-        if not obj.any():
-            continue
-        regions, n = ndimage.label(obj, EIGHT)
-        base = exc.baseline[t]
-        with np.errstate(invalid="ignore"):
-            calm = np.nan_to_num(exc.stat[t], nan=np.inf) < chi2.isf(QUIET_RATE, n_bands)
-        quiet = used[t] & ~obj & calm
-        # the neighbours' mean exists on the object only; around it the date's own view is
-        # the surroundings (quiet pixels did not change)
-        base = np.where(obj[None], base, refl[t])
-        margin = _sign_margin(base, refl[t], obj, quiet, sigma, surface_zones, cfg)
-        ids = np.arange(1, n + 1)
-        # margin > 0: the date's view is the better explained = the object is absent that date
-        absent = np.asarray(ndimage.sum(margin, regions, ids)) > 0
-        before = prev_valid[t - 1] if t > 0 else np.full(obj.shape, -1)
-        after = next_valid[t + 1] if t + 1 < t_len else np.full(obj.shape, t_len)
-        first = np.asarray(ndimage.minimum(before, regions, ids))
-        last = np.asarray(ndimage.maximum(after, regions, ids))
-        dev = np.sqrt((((refl[t] - base) / sigma[:, None, None]) ** 2).sum(axis=0))
-        peak = np.asarray(ndimage.maximum(np.nan_to_num(dev) ** 2, regions, ids))
-        conf = _confidence(peak, int(used[t].sum()), tail, n_bands)
-        cloudy = np.zeros(n, dtype=bool)
-        if cfg.one_date_cloud_distance_px > 0:
-            masked = ~loaded[t] | exc.atmospheric[t]
-            if masked.any():
-                near = ndimage.binary_dilation(
-                    masked, EIGHT, iterations=cfg.one_date_cloud_distance_px
-                )
-                cloudy = np.asarray(ndimage.maximum(near, regions, ids)) > 0
-        for k in range(n):
-            if cloudy[k]:
-                continue
-            kinds = ("removed", "appeared") if absent[k] else ("appeared", "removed")
-            spans = ((int(first[k]), t), (t, int(last[k])))
-            for kind, (b, a) in zip(kinds, spans, strict=True):
-                if b < 0 or a >= t_len:
-                    continue
-                label = len(features) + 1
-                mask = regions == k + 1
-                labels_all[a - 1] = np.where(mask, label, labels_all[a - 1])
-                props = {
-                    label: {
-                        "id": f"{site}-{dates[a].replace('-', '')}-{label}",
-                        "kind": kind,
-                        "date_before": dates[b],
-                        "date_after": dates[a],
-                        "date_before_latest": dates[b],
-                        "score": round(float(peak[k]), 3),
-                        "score_peak": round(float(peak[k]), 3),
-                        "n_seed_pixels": int(mask.sum()),
-                        "confidence": round(float(conf[k]), 4),
-                        "pair": a - 1,
-                        "n_dates_before": 1,
-                        "n_dates_after": 1,
-                        "transient": True,
-                    }
-                }
-                glob = np.where(mask, label, 0).astype(np.int32)
-                features += region_features(
-                    glob, transform, crs, zone_raster, zone_names, zone_kinds, props
-                )
-    return features

@@ -244,7 +244,7 @@ class DetectConfig(_Strict):
         "the visible): a departure mixing towards something darker is not a cloud.",
     )
     atmosphere_max_unexplained: float = Field(
-        0.05,
+        0.035,
         gt=0,
         lt=1,
         description="A departure whose best cloud/haze/shadow fit leaves at most this share of "
@@ -324,6 +324,15 @@ class DetectConfig(_Strict):
         le=0.5,
         description="Multi-date method: a change region whose minority sign holds more than "
         "this share of the (score x margin)-weighted vote is split into signed parts.",
+    )
+    min_confidence: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Multi-date method: report a detection only when its calibrated confidence "
+        "(the fitted probability that a detection like it is a real change, "
+        "pipeline/calibration.py) is at least this. 0.5 reports what is more likely real than "
+        "not; 0 reports every candidate. Without a shipped model nothing is dropped.",
     )
 
 
@@ -411,7 +420,11 @@ class AlertsConfig(_Strict):
     """Where new removals are reported by `basewatch watch`."""
 
     min_confidence: float = Field(
-        0.99, ge=0, le=1, description="Alert on new removals with at least this confidence."
+        0.9,
+        ge=0,
+        le=1,
+        description="Alert on new removals with at least this (calibrated) confidence: the "
+        "probability that a detection like it is a real change.",
     )
     file: str | None = Field(
         None,

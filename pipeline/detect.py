@@ -51,7 +51,7 @@ import xarray as xr
 from scipy import ndimage
 from scipy.stats import chi2
 
-from pipeline import clouds, multidate, noise, occupancy, onedate
+from pipeline import calibration, clouds, multidate, noise, occupancy, onedate
 from pipeline.config import DetectConfig
 from pipeline.neighbourhood import local_background
 from pipeline.objects import grid_transform, region_features
@@ -307,6 +307,11 @@ def _detect_multidate(
             labels_all,
             (transform, crs, zone_raster, zone_names, zone_kinds),
         )
+    calibration.add_mask_distance(features, labels_all, ~exc.valid, dates)
+    model = calibration.load_model()
+    calibration.calibrate(features, seed_thr, model)
+    if model is not None and cfg.min_confidence > 0:
+        features = _drop_unlikely(features, labels_all, pairs, cfg.min_confidence)
     attrs = {"crs": crs}
     score_da = xr.DataArray(
         score[1:],
@@ -318,6 +323,23 @@ def _detect_multidate(
         labels_all, dims=("pair", "y", "x"), coords=coords, attrs={**attrs, "long_name": "object"}
     )
     return DetectResult(features=features, pairs=pairs, score=score_da, labels=labels_da)
+
+
+def _drop_unlikely(
+    features: list[dict], labels: np.ndarray, pairs: list[dict], min_confidence: float
+) -> list[dict]:
+    """Features with a confidence of at least ``min_confidence``; the others' labels are
+    cleared (in place) and each pair's counts follow."""
+    kept = [f for f in features if f["properties"]["confidence"] >= min_confidence]
+    if len(kept) == len(features):
+        return features
+    keep_ids = np.zeros(int(labels.max()) + 1, dtype=bool)
+    keep_ids[[int(f["properties"]["label"]) for f in kept]] = True
+    labels[~keep_ids[labels]] = 0
+    for i, summary in enumerate(pairs):
+        summary["n_objects"] = sum(int(f["properties"]["pair"]) == i for f in kept)
+        summary["n_changed_px"] = int((labels[i] > 0).sum())
+    return kept
 
 
 def _objects_at(

@@ -26,6 +26,7 @@ The ``envelope`` is the setting of issue 4's targets: cloud up to 30 %, misregis
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -262,7 +263,8 @@ def score_scene(
         ``by_size`` (length -> [found, scored] events), ``tp``, ``fp``, ``neutral``,
         ``removals_found`` (scored removals with a removal detected on their footprint, any
         dates), ``removals_dated`` (one of those holds the truth's interval), ``fp_ids``
-        and ``fp_causes`` (counts: ``at_object``, ``wet_apron``, ``near_cloud``, ``other``).
+        ``fp_causes`` (counts: ``at_object``, ``wet_apron``, ``near_cloud``, ``other``) and
+        ``outcomes`` (each true or false detection's ``label`` and properties).
     """
     scored_truth = {
         **truth,
@@ -312,7 +314,60 @@ def score_scene(
         "removals_dated": dated,
         "fp_ids": ev["fp_detection_ids"],
         "fp_causes": _fp_causes(features, ev["fp_detection_ids"], truth, valid),
+        "outcomes": _outcomes(features, ev),
     }
+
+
+OUTCOME_KEYS = (
+    "confidence",
+    "noise_confidence",
+    "score",
+    "score_peak",
+    "n_seed_pixels",
+    "transient",
+    "n_dates_before",
+    "n_dates_after",
+    "mask_distance_px",
+)
+"""The properties kept of each true or false detection (to calibrate and check confidence)."""
+
+
+def _outcomes(features: list[dict], ev: dict) -> list[dict]:
+    """``label`` (1 true, 0 false; neutral detections left out) and :data:`OUTCOME_KEYS` of
+    each detection."""
+    fp = set(ev["fp_detection_ids"])
+    tp = {d for ids in ev["event_matches"].values() for d in ids}
+    out = []
+    for f in features:
+        p = f.get("properties") or {}
+        if p.get("id") in fp or p.get("id") in tp:
+            out.append({"label": int(p["id"] in tp), **{k: p.get(k) for k in OUTCOME_KEYS}})
+    return out
+
+
+RELIABILITY_BINS = (0.0, 0.5, 0.8, 0.95, 0.99, 1.0)
+"""Confidence bins of the reliability table."""
+
+
+def reliability(outcomes: Sequence[dict]) -> dict[str, Any]:
+    """How well ``confidence`` is calibrated: per confidence bin, the detections, their mean
+    confidence and the share that is true; and the Brier score (mean squared error)."""
+    conf = np.asarray([o["confidence"] for o in outcomes], dtype=float)
+    label = np.asarray([o["label"] for o in outcomes], dtype=float)
+    rows = []
+    edges = RELIABILITY_BINS
+    for i, (lo, hi) in enumerate(itertools.pairwise(edges)):
+        sel = (conf >= lo) & ((conf < hi) if i < len(edges) - 2 else (conf <= hi))
+        rows.append(
+            {
+                "bin": f"{lo:g}-{hi:g}",
+                "n": int(sel.sum()),
+                "mean_confidence": round(float(conf[sel].mean()), 4) if sel.any() else None,
+                "true_share": round(float(label[sel].mean()), 4) if sel.any() else None,
+            }
+        )
+    brier = round(float(np.mean((conf - label) ** 2)), 4) if len(conf) else None
+    return {"bins": rows, "brier": brier, "n": len(conf)}
 
 
 def run_scenario(
@@ -388,6 +443,7 @@ def _pool(records: Iterable[dict]) -> dict[str, Any]:
         "date_interval_share": _ratio(dated, found),
         "removals_found": found,
         "coreg_rmse_px": round(float(np.sqrt(np.mean(np.square(rmse)))), 4) if rmse else None,
+        "calibration": reliability([o for r in recs for o in r.get("outcomes", [])]),
     }
 
 
@@ -402,6 +458,10 @@ def _check(pooled: dict) -> dict[str, bool | None]:
         else:
             out[key] = value >= target
     return out
+
+
+SCENE_LEAVES_OUT = ("curve", "n_scenes", "calibration")
+"""Pooled figures not repeated on each scene's line."""
 
 
 def summarise(records: Sequence[dict]) -> dict[str, Any]:
@@ -455,7 +515,7 @@ def summarise(records: Sequence[dict]) -> dict[str, Any]:
         "scenes": [
             {
                 **r["scenario"],
-                **{k: v for k, v in _pool([r]).items() if k not in ("curve", "n_scenes")},
+                **{k: v for k, v in _pool([r]).items() if k not in SCENE_LEAVES_OUT},
                 "n_dates_dropped": r["n_dates_dropped"],
                 "masked_fraction": r["masked_fraction"],
                 "seconds": r["seconds"],

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if 0 in args.seeds:
         parser.error("seed 0 is the reported sweep's: fit on other seeds")
 
+    # the detector runs without a model here (the one being fitted may not match it yet)
+    os.environ[calibration.MODEL_ENV] = "none"
     config = load_config(args.config)
     detect_cfg = _with(config.detect, {"min_confidence": "0"})
     t0 = time.perf_counter()

@@ -13,13 +13,17 @@ The properties (:func:`design`) are what the detector knows of a detection: how 
 and mean scores pass the seed level, how many seed pixels it has, whether it is a one-date
 object, whether its change is seen on one date only on either side, and how close it lies to a
 pixel the detector masked (SCL or its own cloud checks) on either of its dates
-(:func:`add_mask_distance`).
+(:func:`add_mask_distance`). How much of its change a cloud, haze or shadow leaves unexplained
+(``atm_unexplained``) is reported but not a feature: the generated objects are spectrally flat
+offsets of their apron, as cloud-like as a haze, so the model would learn that quirk of the
+generator (a fit with it ranked a dark hull leaving the water as unlikely).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -33,6 +37,10 @@ from pipeline.errors import ConfigError
 
 MODEL_PATH = Path(__file__).with_name("calibration.json")
 """The fitted model shipped with the package (written by ``benchmarks/calibrate.py``)."""
+
+MODEL_ENV = "BASEWATCH_CALIBRATION"
+"""Environment variable naming another model file, or ``none`` for the noise-only confidence
+(``benchmarks/calibrate.py`` sets it while it runs the detector on its training scenes)."""
 
 MASK_DISTANCE_CAP_PX = 30
 """Distances to a masked pixel are capped here (farther is as good as no cloud at all)."""
@@ -211,6 +219,15 @@ def load_model(path: Path = MODEL_PATH) -> Model | None:
             "refit it with benchmarks/calibrate.py"
         )
     return Model(float(raw["intercept"]), tuple(raw["coef"]), meta=raw.get("meta"))
+
+
+def active_model() -> Model | None:
+    """The model the detector uses: :data:`MODEL_ENV`'s file if set (``none``: no model),
+    else the shipped :data:`MODEL_PATH` (see :func:`load_model`)."""
+    chosen = os.environ.get(MODEL_ENV, "").strip()
+    if chosen.lower() == "none":
+        return None
+    return load_model(Path(chosen) if chosen else MODEL_PATH)
 
 
 def calibrate(features: list[dict], seed_level: float, model: Model | None) -> None:

@@ -295,6 +295,7 @@ def clean_excursions(
     dilation_px: int,
     passes: int,
     mask: bool = True,
+    min_seeds: int = 1,
 ) -> Excursions:
     """Mask atmospheric excursions, repeatedly; return the one-date objects (module docstring).
 
@@ -311,9 +312,11 @@ def clean_excursions(
     candidate_threshold, grow_threshold
         Hysteresis thresholds of the excursion statistic for candidate regions.
     seed_threshold
-        A one-date object needs a pixel this strong (and ``min_pixels``).
+        A one-date object needs ``min_seeds`` pixels this strong (and ``min_pixels``).
     min_pixels
         Smallest one-date object.
+    min_seeds
+        Fewest pixels above ``seed_threshold`` in a one-date object.
     max_unexplained
         See :func:`classify_regions`.
     dilation_px
@@ -355,7 +358,9 @@ def clean_excursions(
                     new[t] = (grown if dilation_px > 0 else atm_px) & current[t]
                 continue
             strong = np.where(current[t] & two[t], stat[t], np.nan)
-            obj, m = hysteresis_regions(strong, seed_threshold, grow_threshold, min_pixels)
+            obj, m = hysteresis_regions(
+                strong, seed_threshold, grow_threshold, min_pixels, min_seeds
+            )
             if m:
                 objects[t] = (obj > 0) & ~atm_px
                 baseline[t] = np.where(objects[t][None], base[t] * sig, np.nan)

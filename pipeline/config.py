@@ -268,6 +268,15 @@ class DetectConfig(_Strict):
         description="Report strong object-like one-date departures (a ship anchored for one "
         "pass) as an appearance and a removal (transient=true).",
     )
+    one_date_false_alarm_rate: float = Field(
+        1.0e-4,
+        gt=0,
+        lt=1,
+        description="Seed rate (chi-square) of one-date objects (a date against the mean of "
+        "its neighbours, a two-date comparison): an object needs min_seed_pixels such pixels, "
+        "no atmospheric fit and no masked pixel within one_date_cloud_distance_px; its "
+        "calibrated confidence weighs the rest.",
+    )
     end_check: bool = Field(
         True,
         description="Drop a change seen on one date only at either end of the series (or "

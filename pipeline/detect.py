@@ -16,8 +16,9 @@ Method of the multi-date path (input: an aligned cube, see ``notes/CONTEXT.md``)
    pixel's own series noise; each pixel's slow drift rate (smoothed over
    ``drift_window_px``) is taken out of its series.
 3. **Clouds beyond the SCL** (:func:`pipeline.clouds.clean_excursions`): one-date departures
-   that fit a cloud, haze or shadow are masked (with a margin), repeatedly; strong object-like
-   one-date departures are one-date objects (a ship anchored for one pass).
+   that fit a cloud, haze or shadow are masked (with a margin), repeatedly; object-like
+   one-date departures (``min_seed_pixels`` past the ``one_date_false_alarm_rate`` quantile)
+   are one-date objects (a ship anchored for one pass).
 4. **Multi-date test** (:func:`pipeline.multidate.series_change`): at every break between two
    valid observations, the mean of up to ``window_dates`` dates before against up to
    ``window_dates`` after, windows bounded by the pixel's other changes: chi-square with
@@ -28,15 +29,21 @@ Method of the multi-date path (input: an aligned cube, see ``notes/CONTEXT.md``)
    series_false_alarm_rate`` grown to ``1 - grow_false_alarm_rate``; sign by which view the
    surroundings explain (:func:`pipeline.segment.surroundings_margin`), voted with weights
    score x margin; changes seen on one date only at an end of the series (or between clouds)
-   are dropped when atmospheric (``end_check``); at least ``min_area_m2``.
+   are dropped when atmospheric (``end_check``); at least ``min_area_m2``. The surroundings
+   of a region straddling two surfaces (a quay and the water) are both
+   (:func:`pipeline.segment.background_margin`).
 6. **Properties**: interval (``date_before`` = earliest last-valid date over the seeds, so it
    holds the change of every pixel; ``date_before_latest``), ``score`` / ``score_peak``,
-   ``n_dates_before`` / ``n_dates_after`` (median window sizes), shape measures, zone, and
-   ``confidence`` = ``(1 - p)^N``: ``p`` the tail probability of the peak score under the
-   *empirical* tail of all scores of the stack (an exponential fitted between their 99th and
-   99.99th percentiles, never lighter than chi-square), ``N`` the pixels tested at that date:
-   the probability that no unchanged pixel of the date would score as high.
-7. **Occupancy** (:mod:`pipeline.occupancy`): per zone and date, the share covered by objects
+   ``n_dates_before`` / ``n_dates_after`` (median window sizes), shape measures, zone,
+   ``atm_unexplained`` (the share of the change a cloud, haze or shadow leaves unexplained),
+   and ``noise_confidence`` = ``(1 - p)^N``: ``p`` the tail probability of the peak score under
+   the *empirical* tail of all scores of the stack (an exponential fitted between their 99th
+   and 99.9th percentiles, never lighter than chi-square), ``N`` the pixels tested at that
+   date: the probability that no unchanged pixel of the date would score as high.
+7. **Calibrated confidence** (:mod:`pipeline.calibration`): ``confidence`` = the probability
+   that the detection is real, from a logistic model of its properties fitted on generated
+   scenes; detections under ``min_confidence`` are dropped.
+8. **Occupancy** (:mod:`pipeline.occupancy`): per zone and date, the share covered by objects
    known present from their changes.
 """
 
@@ -226,12 +233,13 @@ def _detect_multidate(
         model,
         candidate_threshold=float(chi2.isf(cfg.excursion_false_alarm_rate, n_bands)),
         grow_threshold=grow_thr,
-        seed_threshold=seed_thr,
+        seed_threshold=float(chi2.isf(cfg.one_date_false_alarm_rate, n_bands)),
         min_pixels=min_px,
         max_unexplained=cfg.atmosphere_max_unexplained,
         dilation_px=cfg.excursion_dilation_px,
         passes=cfg.excursion_passes,
         mask=cfg.excursion_mask,
+        min_seeds=cfg.min_seed_pixels,
     )
     one_date = exc.objects if cfg.one_date_objects else np.zeros_like(exc.objects)
     used = exc.valid & ~one_date
@@ -306,9 +314,10 @@ def _detect_multidate(
             features,
             labels_all,
             (transform, crs, zone_raster, zone_names, zone_kinds),
+            model,
         )
     calibration.add_mask_distance(features, labels_all, ~exc.valid, dates)
-    model = calibration.load_model()
+    model = calibration.active_model()
     calibration.calibrate(features, seed_thr, model)
     if model is not None and cfg.min_confidence > 0:
         features = _drop_unlikely(features, labels_all, pairs, cfg.min_confidence)
@@ -418,8 +427,15 @@ def _objects_at(
     )
     peaks = np.asarray([props[k]["score_peak"] for k in sorted(props)])
     conf = onedate.confidence(peaks, n_tested, tail, n_bands)
+    # how well a cloud, haze or shadow arriving (or leaving) explains each change
+    n = len(kinds)
+    unexplained = np.minimum(
+        clouds.classify_regions(labels, n, after - before, before, model, sigma, 1.0)[1],
+        clouds.classify_regions(labels, n, before - after, after, model, sigma, 1.0)[1],
+    )[1:]
     for j, k in enumerate(sorted(props)):
         props[k].update(
+            atm_unexplained=round(float(unexplained[j]), 4),
             confidence=round(float(conf[j]), 4),
             n_dates_before=int(n_b[j]),
             n_dates_after=int(n_a[j]),

@@ -112,7 +112,10 @@ def _series_noise_np(
         slope = nanmedian_time(diff / dt)
     sq = np.sort(np.where(np.isnan(diff), np.inf, diff**2 / 2), axis=0)
     n_diff = np.maximum(n - 1, 0)
-    keep = n_diff - np.ceil(trim * n_diff).astype(int)
+    # a change leaves one jump in a series, a one-date object (or cloud) two: trim at least
+    # two where at least three remain
+    n_trim = np.maximum(np.ceil(trim * n_diff).astype(int), np.minimum(2, n_diff - 3))
+    keep = n_diff - np.maximum(n_trim, 0)
     csum = np.cumsum(np.where(np.isfinite(sq), sq, 0.0), axis=0)
     total = np.take_along_axis(csum, np.clip(keep - 1, 0, t_len - 2)[None, None], axis=0)[0]
     factor = _trim_factor(keep / np.maximum(n_diff, 1)).astype(np.float32)
@@ -137,7 +140,8 @@ def series_noise(
     days
         (T,) float days since the first date.
     trim
-        Share of the largest consecutive differences left out (real changes).
+        Share of the largest consecutive differences left out (real changes); at least two
+        (a one-date object makes two) where three or more remain.
     min_obs
         Fewer valid observations: NaN noise, zero drift.
 

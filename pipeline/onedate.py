@@ -179,6 +179,7 @@ def one_date_objects(
     features: list[dict],
     labels_all: np.ndarray,
     grid: tuple,
+    model: clouds.AtmosphereModel | None = None,
 ) -> list[dict]:
     """An appearance and a removal for each one-date object (``transient`` = true).
 
@@ -210,6 +211,9 @@ def one_date_objects(
         (pair, y, x) int labels, updated in place.
     grid
         ``(transform, crs, zone_raster, zone_names, zone_kinds)``.
+    model
+        Atmospheric model: each object's ``atm_unexplained`` (the share of its departure a
+        cloud, haze or shadow leaves unexplained); None leaves it out.
 
     Returns
     -------
@@ -249,6 +253,11 @@ def one_date_objects(
         dev = np.sqrt((((refl[t] - base) / sigma[:, None, None]) ** 2).sum(axis=0))
         peak = np.asarray(ndimage.maximum(np.nan_to_num(dev) ** 2, regions, ids))
         conf = confidence(peak, int(used[t].sum()), tail, n_bands)
+        unexplained = np.ones(n + 1)
+        if model is not None:
+            _, unexplained = clouds.classify_regions(
+                regions, n, refl[t] - base, base, model, sigma, 1.0
+            )
         cloudy = np.zeros(n, dtype=bool)
         if cfg.one_date_cloud_distance_px > 0:
             masked = ~loaded[t] | exc.atmospheric[t]
@@ -283,6 +292,7 @@ def one_date_objects(
                         "n_dates_before": 1,
                         "n_dates_after": 1,
                         "transient": True,
+                        "atm_unexplained": round(float(unexplained[k + 1]), 4),
                     }
                 }
                 glob = np.where(mask, label, 0).astype(np.int32)

@@ -18,9 +18,14 @@ EIGHT = np.ones((3, 3), dtype=bool)
 
 
 def hysteresis_regions(
-    score: np.ndarray, seed_threshold: float, grow_threshold: float, min_pixels: int
+    score: np.ndarray,
+    seed_threshold: float,
+    grow_threshold: float,
+    min_pixels: int,
+    min_seeds: int = 1,
 ) -> tuple[np.ndarray, int]:
-    """8-connected regions above ``grow_threshold`` holding a seed and ``min_pixels`` pixels.
+    """8-connected regions above ``grow_threshold`` holding ``min_seeds`` seeds and
+    ``min_pixels`` pixels.
 
     Parameters
     ----------
@@ -30,6 +35,8 @@ def hysteresis_regions(
         Hysteresis thresholds.
     min_pixels
         Smallest region kept.
+    min_seeds
+        Fewest pixels above ``seed_threshold`` a kept region holds.
 
     Returns
     -------
@@ -44,8 +51,7 @@ def hysteresis_regions(
     regions, n = ndimage.label(grow, EIGHT)
     if n == 0:
         return regions.astype(np.int32), 0
-    keep = np.zeros(n + 1, dtype=bool)
-    keep[regions[seed]] = True
+    keep = np.bincount(regions[seed], minlength=n + 1) >= max(1, min_seeds)
     keep &= np.bincount(regions.ravel(), minlength=n + 1) >= min_pixels
     keep[0] = False
     new_id = np.zeros(n + 1, dtype=np.int32)
@@ -302,6 +308,11 @@ def surroundings_margin(
 MIN_ZONE_BACKGROUND_PX = 20
 """Fewest quiet pixels of a zone from which its own background is taken."""
 
+TWO_SURFACE_SEPARATION = 6.0
+"""A ring holds two surfaces (quay and water, apron and grass) when its pixels split into two
+groups, each at least a quarter of it, whose means differ by this many times their spread
+(noise units, never less than the noise)."""
+
 
 def half_sample_mode(values: np.ndarray) -> float:
     """Half-sample mode (Bickel and Fruehwirth 2006): repeatedly keep the shortest half.
@@ -346,19 +357,52 @@ def _regions_with_rings(
             yield (y0, y1, x0, x1), reg, ring
 
 
-def _ring_median(
-    view: np.ndarray, changed: np.ndarray, quiet: np.ndarray, ring_px: int
-) -> np.ndarray:
-    """(B, y, x) per region of ``changed``: the band medians of the quiet ring around it."""
+def _two_surfaces(pix: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(B,) the ring's one surface (band medians of ``pix``, (B, n)), or two when its pixels
+    form two separate groups (:data:`TWO_SURFACE_SEPARATION`; ``scale`` = 1 / noise sigma)."""
+    med = np.median(pix, axis=1)
+    if pix.shape[1] < 8:
+        return med, None
+    z = pix * scale[:, None]
+    # 2-means along the first principal direction of the ring (quay and water, apron and grass)
+    c = z - z.mean(axis=1, keepdims=True)
+    u = np.linalg.svd(c, full_matrices=False)[0][:, 0]
+    proj = u @ c
+    split = np.median(proj)
+    for _ in range(10):
+        lo, hi = proj <= split, proj > split
+        if lo.sum() < 3 or hi.sum() < 3:
+            return med, None
+        new = 0.5 * (proj[lo].mean() + proj[hi].mean())
+        if new == split:
+            break
+        split = new
+    lo, hi = proj <= split, proj > split
+    share = min(lo.mean(), hi.mean())
+    gap = proj[hi].mean() - proj[lo].mean()
+    spread = np.sqrt(0.5 * (proj[lo].var() + proj[hi].var()))
+    if share < 0.25 or gap < TWO_SURFACE_SEPARATION * max(spread, 1.0):
+        return med, None
+    return np.median(pix[:, lo], axis=1), np.median(pix[:, hi], axis=1)
+
+
+def _ring_backgrounds(
+    view: np.ndarray, changed: np.ndarray, quiet: np.ndarray, ring_px: int, scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, y, x) twice per region of ``changed``: its ring's surfaces (the second NaN where the
+    ring holds one surface)."""
     bg = np.full(view.shape, np.nan, dtype=np.float32)
+    bg2 = np.full(view.shape, np.nan, dtype=np.float32)
     for (y0, y1, x0, x1), reg, ring in _regions_with_rings(changed, quiet, ring_px):
         sub = view[:, y0:y1, x0:x1]
         ring &= np.isfinite(sub).all(axis=0)
         if not ring.any():
             continue
-        med = np.median(sub[:, ring], axis=1).astype(np.float32)
-        bg[:, y0:y1, x0:x1][:, reg] = med[:, None]
-    return bg
+        a, b = _two_surfaces(sub[:, ring].astype(np.float64), scale)
+        bg[:, y0:y1, x0:x1][:, reg] = a[:, None]
+        if b is not None:
+            bg2[:, y0:y1, x0:x1][:, reg] = b[:, None]
+    return bg, bg2
 
 
 def background_margin(
@@ -398,7 +442,11 @@ def background_margin(
     ring_px
         > 0: outside surface zones, the background of a region is the per-band median of the
         quiet pixels in a ring of this width around it (the surface it stands on, even where
-        that surface is small among others); 0: the local median over ``window_px``.
+        that surface is small among others); where the ring holds two distinct surfaces (a
+        ship at a quay: water and concrete, see :data:`TWO_SURFACE_SEPARATION`), each view's
+        distance is to the nearer of their medians (the quay pixel beside a departing ship
+        brightens back to concrete: removed, not appeared). 0: the local median over
+        ``window_px``.
     zones
         (y, x) int zone raster (0 = none). A pixel in a zone takes its background from the
         quiet pixels of its own zone (a vehicle park's hardstand, not the fields around it);
@@ -419,9 +467,10 @@ def background_margin(
     dist = []
     for view in (before, after):
         if ring_px > 0:
-            bg = _ring_median(view, changed, quiet, ring_px)
+            bg, bg2 = _ring_backgrounds(view, changed, quiet, ring_px, scale[:, 0, 0])
         else:
             bg = local_background(np.where(quiet[None], view, np.nan).astype(np.float32), window_px)
+            bg2 = np.full(view.shape, np.nan, dtype=np.float32)
         for z in zone_ids:
             inside = zones == z
             pix = view[:, quiet & inside & np.isfinite(view).all(axis=0)]
@@ -429,7 +478,10 @@ def background_margin(
                 continue
             mode = np.asarray([half_sample_mode(b) for b in pix], dtype=np.float32)
             bg = np.where(inside[None], mode[:, None, None], bg)
-        dist.append((((view - bg) * scale) ** 2).sum(axis=0))
+            bg2 = np.where(inside[None], np.nan, bg2)
+        d1 = (((view - bg) * scale) ** 2).sum(axis=0)
+        d2 = (((view - bg2) * scale) ** 2).sum(axis=0)
+        dist.append(np.where(np.isfinite(d2), np.minimum(d1, d2), d1))
     m = np.nan_to_num(dist[0] - dist[1])
     out[changed] = m[changed]
     return out

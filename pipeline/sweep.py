@@ -11,7 +11,11 @@ overlap), scoring an event only when its object was seen clear on some date of e
 
 Figures (:func:`summarise`), pooled over scenes:
 
-- **detectability curve**: object recall per object length (m), per contrast;
+- **detectability curve**: object recall per object length (m), per contrast, of lasting
+  changes (removed, appeared);
+- **visits**: recall of the appearance and removal of objects there on one date only (a ship
+  anchored for one pass), 40 m and longer, reported apart (``recall_visits_40m_plus``): the
+  one-date path, which a cloud nearby on that date silences by design;
 - **precision**: true detections / (true + false detections);
 - **false alarms per km2 per date**: false detections / (scene area x date pairs);
 - **date interval**: of the true removals located (a removal detected on the footprint, at
@@ -260,7 +264,9 @@ def score_scene(
     Returns
     -------
     dict
-        ``by_size`` (length -> [found, scored] events), ``tp``, ``fp``, ``neutral``,
+        ``by_size`` (length -> [found, scored] events of lasting changes),
+        ``visits_by_size`` (the same for the appearance and removal of objects there on one
+        date only), ``tp``, ``fp``, ``neutral``,
         ``removals_found`` (scored removals with a removal detected on their footprint, any
         dates), ``removals_dated`` (one of those holds the truth's interval), ``fp_ids``
         ``fp_causes`` (counts: ``at_object``, ``wet_apron``, ``near_cloud``, ``other``) and
@@ -283,17 +289,21 @@ def score_scene(
         if (f.get("properties") or {}).get("kind") == "removed"
     ]
     footprint = {o["id"]: shape(o["geometry"]) for o in truth["objects"]}
+    role = {o["id"]: o.get("role") for o in truth["objects"]}
     by_size: dict[str, list[int]] = {}
+    visits: dict[str, list[int]] = {}
     found = dated = 0
     for e in truth["events"]:
         eid = _event_id(e)
         if eid not in ev["event_matches"]:
             continue  # not scored (not observable, or a state never observed)
         key = f"{e['length_m']:g}"
-        cell = by_size.setdefault(key, [0, 0])
+        # an object there on one date only is scored on its own (one-date objects)
+        counts = visits if role.get(e["object_id"]) == "visit" else by_size
+        cell = counts.setdefault(key, [0, 0])
         cell[0] += bool(ev["event_matches"][eid])
         cell[1] += 1
-        if e["kind"] != "removed":
+        if e["kind"] != "removed" or counts is visits:
             continue
         # located: a removal on the footprint, whatever its dates (the recall above also
         # asks that the dates overlap, which for consecutive truth dates implies containment)
@@ -307,6 +317,7 @@ def score_scene(
             )
     return {
         "by_size": by_size,
+        "visits_by_size": visits,
         "tp": ev["tp_detections"],
         "fp": ev["fp_detections"],
         "neutral": ev["neutral_detections"],
@@ -328,6 +339,7 @@ OUTCOME_KEYS = (
     "n_dates_before",
     "n_dates_after",
     "mask_distance_px",
+    "atm_unexplained",
 )
 """The properties kept of each true or false detection (to calibrate and check confidence)."""
 
@@ -404,6 +416,10 @@ def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 4) if den else None
 
 
+VISIT_MIN_SIZE_M = 40.0
+"""Visits (objects there on one date) are reported for objects of this length and more."""
+
+
 def _pool(records: Iterable[dict]) -> dict[str, Any]:
     """Pooled figures of a set of scene records."""
     recs = list(records)
@@ -423,6 +439,12 @@ def _pool(records: Iterable[dict]) -> dict[str, Any]:
         n = sum(v[1] for k, v in by_size.items() if lo <= k < hi)
         name = f"recall_{lo:g}_{hi:g}m" if hi < 1e8 else f"recall_{lo:g}m_plus"
         bins[name] = _ratio(hit, n)
+    vis = [0, 0]
+    for r in recs:
+        for key, (hit, n) in r.get("visits_by_size", {}).items():
+            if float(key) >= VISIT_MIN_SIZE_M:
+                vis[0] += hit
+                vis[1] += n
     rmse = [r["coreg_rmse_px"] for r in recs if r["coreg_rmse_px"] is not None]
     causes: dict[str, int] = {}
     for r in recs:
@@ -435,6 +457,8 @@ def _pool(records: Iterable[dict]) -> dict[str, Any]:
             for k, v in sorted(by_size.items())
         ],
         **bins,
+        "recall_visits_40m_plus": _ratio(vis[0], vis[1]),
+        "n_visit_events": vis[1],
         "precision": _ratio(tp, tp + fp) if tp + fp else 1.0,
         "tp_detections": tp,
         "fp_detections": fp,

@@ -10,7 +10,8 @@ a cube as the loader would give it, plus the truth). One scene (:func:`make_scen
   object may stand.
 - **Objects**: rectangles of length ``size`` and width ``max(0.4 size, 4 m)``, any heading,
   any sub-pixel position, on the apron at the cell centre, per size: :data:`ROLES` (removed
-  at some date, appeared at some date, or present throughout). Spectrum = apron spectrum plus
+  at some date, appeared at some date, present throughout, or there on one date only: a ship
+  anchored for one pass, an aircraft on a stopover). Spectrum = apron spectrum plus
   ``contrast`` in every band (bright objects anywhere, dark ones on bright aprons only):
   ``contrast`` is the RMS over bands of the object-minus-background reflectance (grey aircraft
   on concrete is about 0.14, a grey ship on harbour water 0.08, olive drab on soil 0.10).
@@ -49,8 +50,17 @@ SUPER = 5
 CELL_PX = 24
 """Side of the cell holding one object (pixels)."""
 
-ROLES: tuple[str, ...] = ("removed", "removed", "removed", "appeared", "appeared", "static")
-"""Roles of the objects of each size, per scene."""
+ROLES: tuple[str, ...] = (
+    "removed",
+    "removed",
+    "removed",
+    "appeared",
+    "appeared",
+    "visit",
+    "static",
+)
+"""Roles of the objects of each size, per scene (a visit: present on one date, neither end,
+so it appears and is removed)."""
 
 BANDS: tuple[str, ...] = ("blue", "green", "red", "nir", "swir16", "swir22")
 CRS = "EPSG:32636"
@@ -298,10 +308,13 @@ def make_scene(scn: Scenario) -> SweepScene:
                 n_hr, centre_hr, length_m / 10 * SUPER, width_m / 10 * SUPER, angle
             )
             change = int(rng.integers(2, t_n - 1))
-            present = [
-                True if role == "static" else (t < change) == (role == "removed")
-                for t in range(t_n)
-            ]
+            if role == "visit":
+                present = [t == change for t in range(t_n)]
+            else:
+                present = [
+                    True if role == "static" else (t < change) == (role == "removed")
+                    for t in range(t_n)
+                ]
             oid = f"o{k:03d}"
             layers.append((win, cover, spec, present))
             foot = np.zeros((n_hr, n_hr), dtype=np.float32)
@@ -332,16 +345,19 @@ def make_scene(scn: Scenario) -> SweepScene:
                     "present": [d for d, p in zip(day, present, strict=True) if p],
                 }
             )
-            if role != "static":
-                events.append(
-                    {
-                        "object_id": oid,
-                        "kind": role,
-                        "last_before": day[change - 1],
-                        "first_after": day[change],
-                        "length_m": length_m,
-                    }
-                )
+            for t in range(1, t_n):
+                if present[t] != present[t - 1]:
+                    events.append(
+                        {
+                            "object_id": oid,
+                            "kind": "appeared" if present[t] else "removed",
+                            "last_before": day[t - 1],
+                            "first_after": day[t],
+                            "length_m": length_m,
+                            "_present": present,
+                            "_at": t,
+                        }
+                    )
 
     wet_date = int(rng.integers(1, t_n)) if rng.random() < WET_PROBABILITY else -1
     wet_apron = aprons[int(rng.integers(len(aprons)))]
@@ -377,10 +393,16 @@ def make_scene(scn: Scenario) -> SweepScene:
     for ev in events:
         foot = footprints[str(ev["object_id"])]
         seen = [bool(valid[i][foot].mean() >= 0.5) for i in range(t_n)]
-        last_before, first_after = str(ev["last_before"]), str(ev["first_after"])
-        ev["observable"] = any(
-            s for s, d in zip(seen, day, strict=True) if d <= last_before
-        ) and any(s for s, d in zip(seen, day, strict=True) if d >= first_after)
+        # seen clear in the state before the change and in the state after it, each state
+        # bounded by the object's other changes (a visit's after-state is its one date)
+        pres, at = ev.pop("_present"), ev.pop("_at")
+        lo = at - 1
+        while lo > 0 and pres[lo - 1] == pres[at - 1]:
+            lo -= 1
+        hi = at
+        while hi + 1 < t_n and pres[hi + 1] == pres[at]:
+            hi += 1
+        ev["observable"] = any(seen[lo:at]) and any(seen[at : hi + 1])
 
     xs = ORIGIN_XY[0] + 10 * (np.arange(n) + 0.5)
     ys = ORIGIN_XY[1] - 10 * (np.arange(n) + 0.5)

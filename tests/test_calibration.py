@@ -79,6 +79,18 @@ def test_design_orders_the_features_and_scales_scores_by_the_seed_level() -> Non
     )
 
 
+def test_the_model_can_be_switched_off_or_replaced(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(calibration.MODEL_ENV, "none")
+    assert calibration.active_model() is None
+    other = Model(0.5, tuple(0.0 for _ in FEATURES))
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(other.to_json()))
+    monkeypatch.setenv(calibration.MODEL_ENV, str(path))
+    assert calibration.active_model().intercept == 0.5
+    monkeypatch.delenv(calibration.MODEL_ENV)
+    assert calibration.active_model() == load_model()
+
+
 def test_the_shipped_model_ranks_as_its_training_outcomes_say() -> None:
     model = load_model()
     assert model is not None, "pipeline/calibration.json is missing: run benchmarks/calibrate.py"

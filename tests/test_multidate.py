@@ -156,3 +156,65 @@ def test_surround_signs_an_object_on_a_small_apron_among_fields() -> None:
     assert (ring[changed] < 0).all()  # appeared
     window = background_margin(full, empty, changed, quiet, SIGMA, 24, None)
     assert (window[changed] < 0).any()  # what the ring fixes: the window sees the fields
+
+
+def test_surround_signs_a_ship_leaving_a_quay_with_its_quay_fringe() -> None:
+    # a dark ship moored on water along a bright quay: the quay pixels beside it hold part of
+    # it (the PSF) and brighten when it leaves. The ring around the change is half quay, half
+    # water; each view is compared with the nearer of the two surfaces, so the fringe signs
+    # as the ship does, not as a bright arrival against the water
+    rng = np.random.default_rng(3)
+    quay = np.array([0.20, 0.23, 0.25, 0.27, 0.30, 0.27])
+    water = np.array([0.03, 0.04, 0.03, 0.02, 0.01, 0.01])
+    ship = np.array([0.07, 0.08, 0.08, 0.08, 0.07, 0.06])
+    empty = np.broadcast_to(water[:, None, None], (6, 30, 30)).copy()
+    empty[:, :12] = quay[:, None, None]
+    full = empty.copy()
+    full[:, 12:15, 8:23] = ship[:, None, None]
+    full[:, 11, 8:23] = (0.7 * quay + 0.3 * ship)[:, None]
+    full += rng.normal(0, 0.004, full.shape)
+    empty += rng.normal(0, 0.004, empty.shape)
+    changed = np.zeros((30, 30), dtype=bool)
+    changed[11:15, 8:23] = True
+    quiet = ~changed
+    m = background_margin(full, empty, changed, quiet, SIGMA, 24, None, ring_px=3)
+    assert (m[changed] > 0).all()  # removed, fringe included
+    m = background_margin(empty, full, changed, quiet, SIGMA, 24, None, ring_px=3)
+    assert (m[changed] < 0).all()  # appeared
+
+
+def test_one_surface_ring_with_texture_keeps_one_background() -> None:
+    # a textured apron (5 % texture) is one surface: no second background to hide behind
+    from pipeline.segment import TWO_SURFACE_SEPARATION, _two_surfaces
+
+    rng = np.random.default_rng(4)
+    apron = np.array([0.20, 0.22, 0.24, 0.27, 0.30, 0.28])
+    pix = apron[:, None] * (1 + 0.05 * rng.standard_normal(200))[None] + rng.normal(
+        0, 0.004, (6, 200)
+    )
+    one, two = _two_surfaces(pix, 1 / SIGMA)
+    assert two is None and np.allclose(one, np.median(pix, axis=1))
+    quay = np.concatenate(
+        [
+            pix[:, :100],
+            np.array([0.03, 0.04, 0.03, 0.02, 0.01, 0.01])[:, None]
+            + rng.normal(0, 0.004, (6, 100)),
+        ],
+        axis=1,
+    )
+    a, b = _two_surfaces(quay, 1 / SIGMA)
+    assert b is not None and TWO_SURFACE_SEPARATION > 1
+    assert {round(float(a[3]), 1), round(float(b[3]), 1)} == {0.0, 0.3}
+
+
+def test_hysteresis_regions_needs_min_seeds() -> None:
+    from pipeline.segment import hysteresis_regions
+
+    score = np.zeros((12, 12))
+    score[2:5, 2:5] = 5.0  # a grown region with one seed
+    score[3, 3] = 20.0
+    score[7:10, 7:10] = 20.0  # nine seeds
+    _, n = hysteresis_regions(score, 10.0, 4.0, 3)
+    assert n == 2
+    labels, n = hysteresis_regions(score, 10.0, 4.0, 3, min_seeds=3)
+    assert n == 1 and labels[8, 8] > 0 and labels[3, 3] == 0

@@ -47,7 +47,8 @@ def test_scene_cube_and_truth(scene: SweepScene) -> None:
         assert 0.0 < np.nanmedian(values) < 0.6
     assert 0.0 < 1 - cube["valid"].values.mean() < 0.8  # clouds, shadows and their dilation
     assert len(truth["objects"]) == len(SMALL.sizes_m) * len(ROLES)
-    assert len(truth["events"]) == len(SMALL.sizes_m) * sum(r != "static" for r in ROLES)
+    n_events = {"static": 0, "visit": 2}
+    assert len(truth["events"]) == len(SMALL.sizes_m) * sum(n_events.get(r, 1) for r in ROLES)
     for ev in truth["events"]:
         obj = next(o for o in truth["objects"] if o["id"] == ev["object_id"])
         i = truth["dates"].index(ev["first_after"])
@@ -59,6 +60,10 @@ def test_scene_cube_and_truth(scene: SweepScene) -> None:
         g = shape(obj["geometry"])
         assert 35.85 < g.centroid.x < 36.05 and 35.3 < g.centroid.y < 35.5
     assert all(len(o["present"]) == 6 for o in truth["objects"] if o["role"] == "static")
+    # a visit: there on one date, neither end, so it appears and is removed
+    visits = [o for o in truth["objects"] if o["role"] == "visit"]
+    assert visits and all(len(o["present"]) == 1 for o in visits)
+    assert all(o["present"][0] not in (truth["dates"][0], truth["dates"][-1]) for o in visits)
     assert any(ev["observable"] for ev in truth["events"])
     shifts = np.array([[s["shift_x_px"], s["shift_y_px"]] for s in truth["shifts"].values()])
     assert np.hypot(shifts[:, 0], shifts[:, 1]).max() <= 0.5 + 1e-9
@@ -116,8 +121,13 @@ def test_score_scene_counts(scene: SweepScene) -> None:
     feats = _perfect(truth)
     r = score_scene(feats, truth, truth["dates"])
     n_obs = sum(e["observable"] for e in truth["events"])
-    assert sum(v[0] for v in r["by_size"].values()) == sum(v[1] for v in r["by_size"].values())
-    assert sum(v[1] for v in r["by_size"].values()) == n_obs
+    visit = {o["id"] for o in truth["objects"] if o["role"] == "visit"}
+    n_visit = sum(e["observable"] and e["object_id"] in visit for e in truth["events"])
+    assert n_visit > 0
+    for counts in (r["by_size"], r["visits_by_size"]):
+        assert sum(v[0] for v in counts.values()) == sum(v[1] for v in counts.values())
+    assert sum(v[1] for v in r["visits_by_size"].values()) == n_visit
+    assert sum(v[1] for v in r["by_size"].values()) == n_obs - n_visit
     assert r["fp"] == 0 and r["tp"] == n_obs
     assert r["removals_found"] == r["removals_dated"] > 0
     # a false alarm far from any object, a wrong kind, and a removal dated too late
@@ -154,13 +164,18 @@ def test_quick_sweep_finds_big_objects(tmp_path: Path) -> None:
     assert clear["n_pairs"] == plan[0].n_dates - 1 and clear["masked_fraction"] == 0.0
     big = [clear["by_size"][k] for k in ("60", "130")]
     assert sum(h for h, _ in big) >= 0.8 * sum(n for _, n in big)  # big objects are found
-    assert sum(n for _, n in big) == 2 * sum(r != "static" for r in ROLES)
+    assert sum(n for _, n in big) == 2 * sum(r not in ("static", "visit") for r in ROLES)
+    # the one-date path finds a clear scene's big visits (appearance and removal)
+    visits = [clear["visits_by_size"][k] for k in ("60", "130")]
+    assert sum(n for _, n in visits) == 2 * 2
+    assert sum(h for h, _ in visits) >= 0.5 * sum(n for _, n in visits)
     cloudy = run_scenario(plan[1], cfg.detect, cfg.coregister)
     summary = summarise([clear, cloudy])
     env = summary["envelope"]
     assert env["n_scenes"] == 2 and set(env["meets"]) == set(env["targets"])
     assert [c["size_m"] for c in env["curve"]] == sorted(c["size_m"] for c in env["curve"])
     assert 0 <= env["precision"] <= 1 and env["false_alarms_per_km2_date"] >= 0
+    assert env["n_visit_events"] > 0 and 0 <= env["recall_visits_40m_plus"] <= 1
     assert sum(env["false_alarm_causes"].values()) == env["fp_detections"]
     assert summary["scenes"][1]["cloud_fraction"] == 0.3
     json.dumps(summary)  # JSON-ready

@@ -327,6 +327,14 @@ class DetectConfig(_Strict):
         description="Width (px) of the ring of surroundings that signs a change (sign_method "
         "surround or ring).",
     )
+    sign_two_surface_separation: float = Field(
+        6.0,
+        gt=0,
+        description="sign_method surround: the ring holds two surfaces (a quay and the water) "
+        "when its pixels split into two groups, each a quarter of it or more, whose means lie "
+        "this many times their spread apart (noise units); each view is then compared with "
+        "the nearer surface.",
+    )
     series_sign_split_fraction: float = Field(
         0.2,
         ge=0,

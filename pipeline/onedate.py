@@ -149,7 +149,8 @@ def sign_margin(
     surface_zones
         (y, x) zones whose own surface carries the objects (:func:`surface_zones`).
     cfg
-        ``sign_method``, ``sign_ring_px``, ``sign_window_px``.
+        ``sign_method``, ``sign_ring_px``, ``sign_window_px``,
+        ``sign_two_surface_separation``.
 
     Returns
     -------
@@ -161,7 +162,15 @@ def sign_margin(
         return surroundings_margin(before, after, changed, quiet, sigma, cfg.sign_ring_px)
     ring = cfg.sign_ring_px if cfg.sign_method == "surround" else 0
     return background_margin(
-        before, after, changed, quiet, sigma, cfg.sign_window_px, surface_zones, ring
+        before,
+        after,
+        changed,
+        quiet,
+        sigma,
+        cfg.sign_window_px,
+        surface_zones,
+        ring,
+        cfg.sign_two_surface_separation,
     )
 
 

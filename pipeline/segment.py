@@ -309,9 +309,9 @@ MIN_ZONE_BACKGROUND_PX = 20
 """Fewest quiet pixels of a zone from which its own background is taken."""
 
 TWO_SURFACE_SEPARATION = 6.0
-"""A ring holds two surfaces (quay and water, apron and grass) when its pixels split into two
-groups, each at least a quarter of it, whose means differ by this many times their spread
-(noise units, never less than the noise)."""
+"""Default of ``detect.sign_two_surface_separation``: a ring holds two surfaces (quay and water,
+apron and grass) when its pixels split into two groups, each at least a quarter of it, whose
+means differ by this many times their spread (noise units, never less than the noise)."""
 
 
 def half_sample_mode(values: np.ndarray) -> float:
@@ -357,9 +357,11 @@ def _regions_with_rings(
             yield (y0, y1, x0, x1), reg, ring
 
 
-def _two_surfaces(pix: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def _two_surfaces(
+    pix: np.ndarray, scale: np.ndarray, separation: float = TWO_SURFACE_SEPARATION
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(B,) the ring's one surface (band medians of ``pix``, (B, n)), or two when its pixels
-    form two separate groups (:data:`TWO_SURFACE_SEPARATION`; ``scale`` = 1 / noise sigma)."""
+    form two groups ``separation`` spreads apart (``scale`` = 1 / noise sigma)."""
     med = np.median(pix, axis=1)
     if pix.shape[1] < 8:
         return med, None
@@ -381,13 +383,18 @@ def _two_surfaces(pix: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.nd
     share = min(lo.mean(), hi.mean())
     gap = proj[hi].mean() - proj[lo].mean()
     spread = np.sqrt(0.5 * (proj[lo].var() + proj[hi].var()))
-    if share < 0.25 or gap < TWO_SURFACE_SEPARATION * max(spread, 1.0):
+    if share < 0.25 or gap < separation * max(spread, 1.0):
         return med, None
     return np.median(pix[:, lo], axis=1), np.median(pix[:, hi], axis=1)
 
 
 def _ring_backgrounds(
-    view: np.ndarray, changed: np.ndarray, quiet: np.ndarray, ring_px: int, scale: np.ndarray
+    view: np.ndarray,
+    changed: np.ndarray,
+    quiet: np.ndarray,
+    ring_px: int,
+    scale: np.ndarray,
+    separation: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(B, y, x) twice per region of ``changed``: its ring's surfaces (the second NaN where the
     ring holds one surface)."""
@@ -398,7 +405,7 @@ def _ring_backgrounds(
         ring &= np.isfinite(sub).all(axis=0)
         if not ring.any():
             continue
-        a, b = _two_surfaces(sub[:, ring].astype(np.float64), scale)
+        a, b = _two_surfaces(sub[:, ring].astype(np.float64), scale, separation)
         bg[:, y0:y1, x0:x1][:, reg] = a[:, None]
         if b is not None:
             bg2[:, y0:y1, x0:x1][:, reg] = b[:, None]
@@ -414,6 +421,7 @@ def background_margin(
     window_px: int,
     zones: np.ndarray | None = None,
     ring_px: int = 0,
+    separation: float = TWO_SURFACE_SEPARATION,
 ) -> np.ndarray:
     """Removal margin against the local background: which view of each changed pixel is the
     closer to the median of the quiet pixels around it.
@@ -443,10 +451,12 @@ def background_margin(
         > 0: outside surface zones, the background of a region is the per-band median of the
         quiet pixels in a ring of this width around it (the surface it stands on, even where
         that surface is small among others); where the ring holds two distinct surfaces (a
-        ship at a quay: water and concrete, see :data:`TWO_SURFACE_SEPARATION`), each view's
+        ship at a quay: water and concrete, groups ``separation`` spreads apart), each view's
         distance is to the nearer of their medians (the quay pixel beside a departing ship
         brightens back to concrete: removed, not appeared). 0: the local median over
         ``window_px``.
+    separation
+        How far apart (in spreads) two groups of ring pixels are two surfaces.
     zones
         (y, x) int zone raster (0 = none). A pixel in a zone takes its background from the
         quiet pixels of its own zone (a vehicle park's hardstand, not the fields around it);
@@ -467,7 +477,7 @@ def background_margin(
     dist = []
     for view in (before, after):
         if ring_px > 0:
-            bg, bg2 = _ring_backgrounds(view, changed, quiet, ring_px, scale[:, 0, 0])
+            bg, bg2 = _ring_backgrounds(view, changed, quiet, ring_px, scale[:, 0, 0], separation)
         else:
             bg = local_background(np.where(quiet[None], view, np.nan).astype(np.float32), window_px)
             bg2 = np.full(view.shape, np.nan, dtype=np.float32)

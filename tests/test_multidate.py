@@ -181,6 +181,9 @@ def test_surround_signs_a_ship_leaving_a_quay_with_its_quay_fringe() -> None:
     assert (m[changed] > 0).all()  # removed, fringe included
     m = background_margin(empty, full, changed, quiet, SIGMA, 24, None, ring_px=3)
     assert (m[changed] < 0).all()  # appeared
+    # one surface only (the ring's median, water): the quay fringe reads as a bright arrival
+    m = background_margin(full, empty, changed, quiet, SIGMA, 24, None, 3, separation=1e6)
+    assert (m[11, 8:23] < 0).all() and (m[12:15, 8:23] > 0).all()
 
 
 def test_one_surface_ring_with_texture_keeps_one_background() -> None:

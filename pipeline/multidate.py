@@ -114,8 +114,7 @@ def _series_noise_np(
     n_diff = np.maximum(n - 1, 0)
     # a change leaves one jump in a series, a one-date object (or cloud) two: trim at least
     # two where at least three remain
-    n_trim = np.maximum(np.ceil(trim * n_diff).astype(int), np.minimum(2, n_diff - 3))
-    keep = n_diff - np.maximum(n_trim, 0)
+    keep = n_diff - np.maximum(np.ceil(trim * n_diff).astype(int), np.minimum(2, n_diff - 3))
     csum = np.cumsum(np.where(np.isfinite(sq), sq, 0.0), axis=0)
     total = np.take_along_axis(csum, np.clip(keep - 1, 0, t_len - 2)[None, None], axis=0)[0]
     factor = _trim_factor(keep / np.maximum(n_diff, 1)).astype(np.float32)

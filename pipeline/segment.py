@@ -395,11 +395,11 @@ def _ring_backgrounds(
     ring_px: int,
     scale: np.ndarray,
     separation: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(B, y, x) twice per region of ``changed``: its ring's surfaces (the second NaN where the
-    ring holds one surface)."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(B, y, x) per region of ``changed``: its ring's surface, and its second surface where
+    the ring holds two (NaN elsewhere; None when no ring does)."""
     bg = np.full(view.shape, np.nan, dtype=np.float32)
-    bg2 = np.full(view.shape, np.nan, dtype=np.float32)
+    bg2 = None
     for (y0, y1, x0, x1), reg, ring in _regions_with_rings(changed, quiet, ring_px):
         sub = view[:, y0:y1, x0:x1]
         ring &= np.isfinite(sub).all(axis=0)
@@ -408,6 +408,8 @@ def _ring_backgrounds(
         a, b = _two_surfaces(sub[:, ring].astype(np.float64), scale, separation)
         bg[:, y0:y1, x0:x1][:, reg] = a[:, None]
         if b is not None:
+            if bg2 is None:
+                bg2 = np.full(view.shape, np.nan, dtype=np.float32)
             bg2[:, y0:y1, x0:x1][:, reg] = b[:, None]
     return bg, bg2
 
@@ -480,7 +482,7 @@ def background_margin(
             bg, bg2 = _ring_backgrounds(view, changed, quiet, ring_px, scale[:, 0, 0], separation)
         else:
             bg = local_background(np.where(quiet[None], view, np.nan).astype(np.float32), window_px)
-            bg2 = np.full(view.shape, np.nan, dtype=np.float32)
+            bg2 = None
         for z in zone_ids:
             inside = zones == z
             pix = view[:, quiet & inside & np.isfinite(view).all(axis=0)]
@@ -488,10 +490,12 @@ def background_margin(
                 continue
             mode = np.asarray([half_sample_mode(b) for b in pix], dtype=np.float32)
             bg = np.where(inside[None], mode[:, None, None], bg)
-            bg2 = np.where(inside[None], np.nan, bg2)
-        d1 = (((view - bg) * scale) ** 2).sum(axis=0)
-        d2 = (((view - bg2) * scale) ** 2).sum(axis=0)
-        dist.append(np.where(np.isfinite(d2), np.minimum(d1, d2), d1))
+            if bg2 is not None:
+                bg2 = np.where(inside[None], np.nan, bg2)
+        d = (((view - bg) * scale) ** 2).sum(axis=0)
+        if bg2 is not None:  # the nearer of two surfaces (fmin skips the NaN of one)
+            d = np.fmin(d, (((view - bg2) * scale) ** 2).sum(axis=0))
+        dist.append(d)
     m = np.nan_to_num(dist[0] - dist[1])
     out[changed] = m[changed]
     return out

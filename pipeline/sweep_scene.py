@@ -280,6 +280,7 @@ def make_scene(scn: Scenario) -> SweepScene:
     slots = rng.permutation(cells * cells)
     to_ll = Transformer.from_crs(CRS, 4326, always_xy=True)
     objects, events, layers, footprints = [], [], [], {}
+    spans: list[tuple[list[bool], int]] = []  # per event: its object's presence, its date
     aprons = []
     k = 0
     for size in scn.sizes_m:
@@ -354,10 +355,9 @@ def make_scene(scn: Scenario) -> SweepScene:
                             "last_before": day[t - 1],
                             "first_after": day[t],
                             "length_m": length_m,
-                            "_present": present,
-                            "_at": t,
                         }
                     )
+                    spans.append((present, t))
 
     wet_date = int(rng.integers(1, t_n)) if rng.random() < WET_PROBABILITY else -1
     wet_apron = aprons[int(rng.integers(len(aprons)))]
@@ -390,12 +390,11 @@ def make_scene(scn: Scenario) -> SweepScene:
         shifts[day[t]] = {"shift_x_px": round(sx, 4), "shift_y_px": round(sy, 4)}
         fractions[day[t]] = round(float(flag_c.mean()), 4)
 
-    for ev in events:
+    for ev, (pres, at) in zip(events, spans, strict=True):
         foot = footprints[str(ev["object_id"])]
         seen = [bool(valid[i][foot].mean() >= 0.5) for i in range(t_n)]
         # seen clear in the state before the change and in the state after it, each state
         # bounded by the object's other changes (a visit's after-state is its one date)
-        pres, at = ev.pop("_present"), ev.pop("_at")
         lo = at - 1
         while lo > 0 and pres[lo - 1] == pres[at - 1]:
             lo -= 1

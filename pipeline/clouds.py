@@ -223,6 +223,7 @@ def classify_regions(
     model: AtmosphereModel,
     sigma: np.ndarray,
     max_unexplained: float,
+    possible: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Which labelled regions are atmospheric (cloud, haze or shadow).
 
@@ -238,6 +239,10 @@ def classify_regions(
         See :func:`atmospheric_residual`.
     max_unexplained
         Largest share of the region's departure energy the model may leave unexplained.
+    possible
+        (y, x) bool: where the atmosphere can explain a departure on this date
+        (:func:`atmosphere_possible`); a region touching none of it is never atmospheric.
+        None: everywhere.
 
     Returns
     -------
@@ -259,8 +264,49 @@ def classify_regions(
     up = np.bincount(lab, energy * brighter, n_labels + 1) / total
     both_ways = np.minimum(up, 1 - up) > MAX_BOTH_WAYS
     atmospheric = (unexplained <= max_unexplained) & ~both_ways
+    if possible is not None:
+        atmospheric &= np.bincount(lab, possible[inside], n_labels + 1) > 0
     atmospheric[0] = False
     return atmospheric, unexplained
+
+
+CONTEXT_FRAME_PX = 5
+"""Masked pixels this close to the grid's edge give no atmospheric context: applying a
+co-registration shift leaves the edge of each date without data, cloud or no cloud."""
+
+
+def atmosphere_possible(masked: np.ndarray, distance_px: float | None) -> np.ndarray:
+    """Where the atmosphere can explain a one-date departure: near what was masked that date.
+
+    The SCL misses the thin edges, faint puffs and shadows *of* the clouds it flags, not whole
+    cloud systems; and a shadow falls ``height * tan(sun zenith)`` from its cloud, a few
+    kilometres at most. On a date with nothing masked near, a departure is no cloud, haze or
+    shadow: it is an object (a ship leaving the sea is a near-total "darkening" in every band,
+    one arriving a grey "veil").
+
+    Parameters
+    ----------
+    masked
+        (y, x) bool: pixels masked that date (the SCL's cloud, shadow and no data, and the
+        departures already found atmospheric); those within :data:`CONTEXT_FRAME_PX` of the
+        edge do not count.
+    distance_px
+        Farthest from a masked pixel (pixels) the atmosphere explains a departure; None:
+        anywhere (no context test).
+
+    Returns
+    -------
+    numpy.ndarray
+        (y, x) bool.
+    """
+    if distance_px is None:
+        return np.ones(masked.shape, dtype=bool)
+    masked = masked.copy()
+    e = CONTEXT_FRAME_PX  # a co-registration shift leaves the grid's edge without data
+    masked[:e], masked[-e:], masked[:, :e], masked[:, -e:] = False, False, False, False
+    if not masked.any():
+        return np.zeros(masked.shape, dtype=bool)
+    return ndimage.distance_transform_edt(~masked) <= distance_px
 
 
 @dataclass(frozen=True)
@@ -296,6 +342,7 @@ def clean_excursions(
     passes: int,
     mask: bool = True,
     min_seeds: int = 1,
+    context_distance_px: float | None = None,
 ) -> Excursions:
     """Mask atmospheric excursions, repeatedly; return the one-date objects (module docstring).
 
@@ -325,6 +372,10 @@ def clean_excursions(
         Masking passes.
     mask
         False: mask nothing (ablation), only report one-date objects.
+    context_distance_px
+        A departure is atmospheric only within this of a pixel masked that date (invalid in
+        ``valid`` or found atmospheric in an earlier pass; :func:`atmosphere_possible`); None:
+        anywhere.
 
     Returns
     -------
@@ -348,8 +399,9 @@ def clean_excursions(
             atm_px = np.zeros(labels.shape, dtype=bool)
             if n:
                 delta = (z[t] - base[t]) * sig
+                possible = atmosphere_possible(~valid[t] | atmospheric[t], context_distance_px)
                 atm, _ = classify_regions(
-                    labels, n, delta, base[t] * sig, model, sigma, max_unexplained
+                    labels, n, delta, base[t] * sig, model, sigma, max_unexplained, possible
                 )
                 atm_px = atm[labels]
             if not last:
@@ -383,4 +435,5 @@ __all__ = [
     "atmospheric_residual",
     "classify_regions",
     "clean_excursions",
+    "atmosphere_possible",
 ]

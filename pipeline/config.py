@@ -251,6 +251,17 @@ class DetectConfig(_Strict):
         "its energy (noise-weighted, over the region) is atmospheric; clouds leave under 2 %, "
         "a ship on water or a vehicle on soil several times more.",
     )
+    atmosphere_context_m: float | None = Field(
+        5000.0,
+        gt=0,
+        description="A one-date departure is cloud, haze or shadow only within this distance "
+        "(m) of a pixel masked on the same date (SCL cloud, shadow or no data, or a departure "
+        "already found atmospheric): the SCL misses the edges, puffs and shadows of the clouds "
+        "it flags, not whole cloud systems, and a shadow falls a few km at most from its "
+        "cloud. On a clear date a departure is an object (a ship leaving the sea darkens every "
+        "band like a shadow). Applies to cubes with an SCL (without one the departures are the "
+        "only cloud test). null: anywhere.",
+    )
     excursion_false_alarm_rate: float = Field(
         1.0e-4,
         gt=0,

@@ -225,6 +225,13 @@ def _detect_multidate(
     model = clouds.atmosphere_model(
         bands, cfg.cloud_brightness, shadow=cfg.shadow_model, haze=cfg.haze_model
     )
+    # the context test needs a cloud mask to give context: without an SCL (Level-1C, bands
+    # exported without it) the excursions are the only cloud test, so they stay unconditional
+    context_px = (
+        None
+        if cfg.atmosphere_context_m is None or "scl" not in cube
+        else cfg.atmosphere_context_m / math.sqrt(pixel_area)
+    )
     exc = clouds.clean_excursions(
         nm.z,
         var,
@@ -240,6 +247,7 @@ def _detect_multidate(
         passes=cfg.excursion_passes,
         mask=cfg.excursion_mask,
         min_seeds=cfg.min_seed_pixels,
+        context_distance_px=context_px,
     )
     one_date = exc.objects if cfg.one_date_objects else np.zeros_like(exc.objects)
     used = exc.valid & ~one_date
@@ -265,6 +273,8 @@ def _detect_multidate(
     features: list[dict] = []
     pairs: list[dict] = []
     for t in range(1, t_len):
+        # a change seen on one date at a series end is atmospheric only near a masked cloud
+        possible = clouds.atmosphere_possible(~exc.valid[t] | ~exc.valid[t - 1], context_px)
         feats, labels = _objects_at(
             t,
             score[t],
@@ -280,6 +290,7 @@ def _detect_multidate(
             site,
             len(features),
             (transform, crs, zone_raster, zone_names, zone_kinds),
+            possible,
         )
         labels_all[t - 1] = labels
         features += feats
@@ -366,8 +377,12 @@ def _objects_at(
     site: str,
     offset: int,
     grid: tuple,
+    possible: np.ndarray | None = None,
 ) -> tuple[list[dict], np.ndarray]:
-    """Signed objects of the changes first seen at date ``t`` (labels offset to be global)."""
+    """Signed objects of the changes first seen at date ``t`` (labels offset to be global).
+
+    ``possible`` (y, x): where the end check may explain a change by the atmosphere
+    (:func:`pipeline.clouds.atmosphere_possible`); None: everywhere."""
     seed_thr, grow_thr, min_px = levels
     transform, crs, zone_raster, zone_names, zone_kinds = grid
     n_bands = before.shape[0]
@@ -402,7 +417,7 @@ def _objects_at(
         delta = np.where(after_single[None], after - before, before - after)
         base = np.where(after_single[None], before, after)
         atm, _ = clouds.classify_regions(
-            labels, n, delta, base, model, sigma, cfg.atmosphere_max_unexplained
+            labels, n, delta, base, model, sigma, cfg.atmosphere_max_unexplained, possible
         )
         keep &= ~(single & atm[1:])
     if not keep.all():

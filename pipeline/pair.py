@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from scipy import ndimage
+from scipy.stats import chi2
 
 from pipeline.catalog import BANDS
 from pipeline.config import Config, DetectConfig
@@ -62,6 +64,7 @@ from pipeline.errors import DataError
 from pipeline.harmonise import SCL_DILATED, valid_mask
 from pipeline.io_utils import write_json
 from pipeline.objects import region_features
+from pipeline.onedate import QUIET_RATE, sign_margin
 from pipeline.rasters import Grid, InputSpec, describe_input, read_bands, reference_grid
 from pipeline.segment import object_properties, segment_pair
 
@@ -159,16 +162,23 @@ def pixel_size_m(grid: Grid) -> tuple[float, float]:
     return step_x * factor, step_y * factor
 
 
-def _best_window(valid: np.ndarray, size: int) -> tuple[slice, slice]:
-    """The ``size`` window (or the whole image) with the most valid pixels of 9 candidates."""
+def _best_window(valid: np.ndarray, size: int, image: np.ndarray) -> tuple[slice, slice]:
+    """The ``size`` window (or the whole image) of 9 candidates with the most valid structure.
+
+    Each candidate is scored by the gradient magnitude of ``image`` summed over its valid
+    pixels: a window of open sea holds only noise to register on (a port scene is mostly sea),
+    one over the quays and the town holds edges.
+    """
     h, w = min(size, valid.shape[0]), min(size, valid.shape[1])
-    best, best_count = (0, 0), -1
+    filled = np.where(valid, np.nan_to_num(image), np.nanmedian(image[valid]) if valid.any() else 0)
+    edges = np.hypot(ndimage.sobel(filled, 0), ndimage.sobel(filled, 1)) * valid
+    best, best_score = (0, 0), -1.0
     for fr in (0.5, 0.2, 0.8):
         for fc in (0.5, 0.2, 0.8):
             r0, c0 = round(fr * (valid.shape[0] - h)), round(fc * (valid.shape[1] - w))
-            count = int(valid[r0 : r0 + h, c0 : c0 + w].sum())
-            if count > best_count:
-                best, best_count = (r0, c0), count
+            score = float(edges[r0 : r0 + h, c0 : c0 + w].sum())
+            if score > best_score:
+                best, best_score = (r0, c0), score
     return slice(best[0], best[0] + h), slice(best[1], best[1] + w)
 
 
@@ -187,10 +197,10 @@ def _coregister(
     bands: tuple[str, ...],
     cfg: Config,
 ) -> ShiftEstimate:
-    """Shift of the after date on the before date, in the most valid window of the grid."""
+    """Shift of the after date on the before date, in the most structured valid window."""
     c = cfg.coregister
     ref_band = bands.index(next((b for b in (c.band, "nir", "red") if b in bands), bands[-1]))
-    rows, cols = _best_window(ok_b & ok_a, COREG_WINDOW_PX)
+    rows, cols = _best_window(ok_b & ok_a, COREG_WINDOW_PX, stack_b[ref_band])
     return estimate_shift(
         stack_b[ref_band, rows, cols],
         stack_a[ref_band, rows, cols],
@@ -338,8 +348,30 @@ def detect_pair(prep: PreparedPair, cfg: DetectConfig, mode: str = "objects") ->
     pixel_area = px * py
     min_px = max(1, math.ceil(cfg.min_area_m2 / pixel_area - 1e-9))
     grow = grow_thr if mode == "objects" else seed_thr
+    if mode == "objects":
+        # sign each change region as the site detector does: which view its surroundings (a
+        # ring of quiet pixels, two surfaces at a quay) explain the better, voted over the
+        # region with the score as weight; a pixel-level margin splits a ship at a quay in two
+        with np.errstate(invalid="ignore"):
+            changed = np.nan_to_num(score, nan=-1.0) >= grow
+            quiet = used & (np.nan_to_num(score, nan=np.inf) < chi2.isf(QUIET_RATE, n_bands))
+        removed = sign_margin(
+            prep.before,
+            prep.after,
+            changed,
+            quiet,
+            np.asarray(pc.radiometry.sigma, dtype=np.float64),
+            np.zeros(score.shape, np.int32),
+            cfg,
+        )
     labels, kinds, seed = segment_pair(
-        score, removed, seed_thr, grow, min_px, cfg.sign_split_fraction
+        score,
+        removed,
+        seed_thr,
+        grow,
+        min_px,
+        cfg.sign_split_fraction,
+        weighted=mode == "objects",
     )
     with np.errstate(invalid="ignore"):
         change = labels > 0 if mode == "objects" else score >= seed_thr

@@ -221,3 +221,29 @@ def test_hysteresis_regions_needs_min_seeds() -> None:
     assert n == 2
     labels, n = hysteresis_regions(score, 10.0, 4.0, 3, min_seeds=3)
     assert n == 1 and labels[8, 8] > 0 and labels[3, 3] == 0
+
+
+def test_a_departure_is_atmospheric_only_near_what_was_masked_that_date() -> None:
+    rng = np.random.default_rng(5)
+    base = np.broadcast_to(HARDSTAND[:, None, None], (6, 10, 10)).astype(np.float64)
+    noisy = -0.3 * base + rng.normal(scale=SIGMA[:, None, None], size=base.shape)
+    labels = np.zeros((10, 10), dtype=np.int32)
+    labels[2:8, 2:8] = 1
+    model = clouds.atmosphere_model(BANDS)
+
+    def atmospheric(possible: np.ndarray | None) -> bool:
+        atm, _ = clouds.classify_regions(labels, 1, noisy, base, model, SIGMA, 0.05, possible)
+        return bool(atm[1])
+
+    assert atmospheric(None)  # a shadow-like darkening, no context test
+    masked = np.zeros((40, 40), dtype=bool)
+    assert not clouds.atmosphere_possible(masked, 10).any()  # a clear date: no shadow
+    masked[20, 20] = True  # a cloud flagged that date
+    near = clouds.atmosphere_possible(masked, 10)
+    assert near[20, 29] and not near[20, 31]
+    assert atmospheric(near[15:25, 15:25])
+    assert not atmospheric(near[:10, :10])
+    edge = np.zeros((40, 40), dtype=bool)
+    edge[0, :] = True  # the no-data edge a co-registration shift leaves is no cloud
+    assert not clouds.atmosphere_possible(edge, 10).any()
+    assert clouds.atmosphere_possible(edge, None).all()

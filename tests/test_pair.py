@@ -359,3 +359,42 @@ def test_real_stac_item_with_remote_hrefs_is_refused(shared_stac_items: Path) ->
     with pytest.raises(DataError, match="not a local file") as err:
         describe_input(item)
     assert str(item) in str(err.value)
+
+
+WATER = np.array((0.06, 0.05, 0.03, 0.015, 0.008, 0.005), dtype=np.float32)
+SHIP = np.array((0.13, 0.14, 0.15, 0.17, 0.16, 0.12), dtype=np.float32)  # a grey hull
+
+
+def _harbour(ships: bool, seed: int) -> np.ndarray:
+    """(6, N, N) a quay (concrete, west) on a basin (east) with hulls moored along the quay
+    edge and one out on the water; no object is brighter than the quay."""
+    rng = np.random.default_rng(seed)
+    world = np.empty((6, N, N), dtype=np.float32)
+    world[:] = WATER[:, None, None]
+    world[:, :, :40] = MATERIALS[0][:, None, None]
+    if ships:
+        for r0 in (10, 40, 70):
+            world[:, r0 : r0 + 14, 40:44] = SHIP[:, None, None]
+        world[:, 30:34, 70:82] = SHIP[:, None, None]
+    world *= 1 + 0.01 * rng.standard_normal((1, N, N)).astype(np.float32)
+    return (world + 0.002 * rng.standard_normal(world.shape)).astype(np.float32)
+
+
+def test_ships_leaving_a_quay_are_removed_whole_not_split(tmp_path: Path) -> None:
+    """Each hull that left is one ``removed`` object: the region is signed as a whole against
+    the two surfaces around it (quay and water), not pixel by pixel (a hull pixel beside the
+    quay is closer to concrete than the water that replaced it)."""
+    _band_folder(tmp_path / "S2_20240101", _harbour(True, 1), "T36SYD_20240101")
+    _band_folder(tmp_path / "S2_20240111", _harbour(False, 2), "T36SYD_20240111")
+    code, out, err = _run(
+        "--before",
+        str(tmp_path / "S2_20240101"),
+        "--after",
+        str(tmp_path / "S2_20240111"),
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert code == 0, err
+    _, _, _, dets = _outputs(tmp_path / "out")
+    kinds = [f["properties"]["kind"] for f in dets["features"]]
+    assert kinds.count("removed") == 4 and "appeared" not in kinds, kinds

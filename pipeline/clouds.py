@@ -432,8 +432,8 @@ __all__ = [
     "AtmosphereModel",
     "Excursions",
     "atmosphere_model",
+    "atmosphere_possible",
     "atmospheric_residual",
     "classify_regions",
     "clean_excursions",
-    "atmosphere_possible",
 ]

@@ -386,7 +386,7 @@ def test_ships_leaving_a_quay_are_removed_whole_not_split(tmp_path: Path) -> Non
     quay is closer to concrete than the water that replaced it)."""
     _band_folder(tmp_path / "S2_20240101", _harbour(True, 1), "T36SYD_20240101")
     _band_folder(tmp_path / "S2_20240111", _harbour(False, 2), "T36SYD_20240111")
-    code, out, err = _run(
+    code, _, err = _run(
         "--before",
         str(tmp_path / "S2_20240101"),
         "--after",

@@ -333,3 +333,29 @@ def test_failed_run_leaves_previous_outputs(
     assert "T36SYE_B04.tif" in stderr
     assert {n: (out / n).read_bytes() for n in before} == before
     assert sorted(os.listdir(out)) == ["detections.geojson", "series.json"]  # no temp left
+
+
+def test_lonlat_input_goes_on_utm(tmp_path: Path) -> None:
+    """A lon/lat first input (OSCD, browser exports) is put on UTM at its ground pixel size."""
+    folder = tmp_path / "S2_20240301"
+    folder.mkdir()
+    transform = Affine(1e-4, 0.0, 35.9, 0.0, -1e-4, 35.4)  # about 9 m x 11 m at 35.4 N
+    with rasterio.open(
+        folder / "B02.tif",
+        "w",
+        driver="GTiff",
+        count=1,
+        height=64,
+        width=64,
+        dtype="uint16",
+        crs="EPSG:4326",
+        transform=transform,
+    ) as dst:
+        dst.write(np.full((64, 64), 1000, np.uint16), 1)
+    from pipeline.rasters import describe_input
+
+    grid, source = series_grid(describe_input(folder))
+    assert source == "UTM of the first input"
+    assert grid.crs_name == "EPSG:32636"  # 35.9 E
+    assert grid.transform.a == pytest.approx(9.0) and grid.transform.e == pytest.approx(-9.0)
+    assert grid.shape[0] * 9 == pytest.approx(64 * 11.1, rel=0.1)

@@ -19,7 +19,8 @@ Sentinel-2 Level-2A or Level-1C), and:
 3. **Valid pixels.** Finite in every band and, with an SCL, not cloud, shadow, cirrus,
    saturated or no data (dilated by ``load.cloud_dilation_px``), as ``pair``.
 4. **Co-registration** (:func:`pipeline.coregister.coregister_cube`, the ``coregister`` stage's
-   own): every date against the most valid one; a failed date is dropped and reported.
+   own): every date against the most valid one, on ``coregister.band`` (nir, else red, else
+   the last band when the inputs lack it, as ``pair``); a failed date is dropped and reported.
 5. **Detection** (:func:`pipeline.detect.detect_cube`, the ``detect`` stage's own, with no
    zones): signed objects (``removed`` / ``appeared``) dated to the interval between two
    valid views (``date_before``, ``date_after``), with ``area_m2``, ``score`` and the
@@ -116,6 +117,8 @@ class SeriesResult:
     """One estimate per date of :attr:`dates` (failed dates included)."""
     reference_date: str
     """The date every other was co-registered to (the most valid one)."""
+    coregister_band: str
+    """The band the shifts were estimated on (``coregister.band``, else nir, else red)."""
     bands: tuple[str, ...]
     """Bands compared."""
     thresholds: dict[str, Any]
@@ -380,7 +383,11 @@ def detect_series(cube: xr.Dataset, cfg: Config) -> SeriesResult:
         raise DataError(
             f"the cube has none of load.bands ({', '.join(cfg.load.bands)}): load those bands"
         )
-    aligned, estimates, ref = coregister_cube(cube, cfg.coregister)
+    coreg = cfg.coregister
+    if coreg.band not in bands:  # e.g. a true-colour export: the most textured band it has
+        fallback = next((b for b in ("nir", "red") if b in bands), bands[-1])
+        coreg = coreg.model_copy(update={"band": fallback})
+    aligned, estimates, ref = coregister_cube(cube, coreg)
     usable = [d for d, e in zip(dates, estimates, strict=True) if e.usable]
     if len(usable) < MIN_DATES:
         reasons = "; ".join(
@@ -400,6 +407,7 @@ def detect_series(cube: xr.Dataset, cfg: Config) -> SeriesResult:
         dates=dates,
         coregistration=tuple(estimates),
         reference_date=dates[ref],
+        coregister_band=coreg.band,
         bands=bands,
         thresholds=_thresholds(cfg, len(bands)),
         score=result.score,
@@ -446,7 +454,7 @@ def _summary(
             "first_input_crs": first.crs_name,
         },
         "coregistration": {
-            "band": cfg.coregister.band,
+            "band": result.coregister_band,
             "reference_date": result.reference_date,
             "dates": [
                 {"date": d, **e.to_dict()}

@@ -359,3 +359,22 @@ def test_lonlat_input_goes_on_utm(tmp_path: Path) -> None:
     assert grid.crs_name == "EPSG:32636"  # 35.9 E
     assert grid.transform.a == pytest.approx(9.0) and grid.transform.e == pytest.approx(-9.0)
     assert grid.shape[0] * 9 == pytest.approx(64 * 11.1, rel=0.1)
+
+
+def test_true_colour_inputs(tmp_path: Path, series_dir: Path) -> None:
+    """Inputs without the co-registration band (a true-colour export) use red instead."""
+    import shutil
+
+    inputs = []
+    for src in _inputs(series_dir)[:4]:
+        dst = tmp_path / src.name
+        dst.mkdir()
+        for sid in ("B02", "B03", "B04"):
+            shutil.copy(src / f"T36SYE_{sid}.tif", dst)
+        inputs.append(dst)
+    code, _, stderr = _run(*inputs, "--out", tmp_path / "out")
+    assert code == 0, stderr
+    s = json.loads((tmp_path / "out" / "series.json").read_text())
+    assert s["bands"] == ["blue", "green", "red"]
+    assert s["coregistration"]["band"] == "red"
+    assert not s["coregistration"]["failed_dates"]

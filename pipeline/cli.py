@@ -348,5 +348,79 @@ def pair(
     )
 
 
+@app.command(
+    help=(
+        "What was removed and what appeared over N local dates: the site pipeline's multi-date "
+        "detector without a STAC API. Give one input per date, in any order, each as --before "
+        "of `pair` takes it: a folder of single-band files named by band (*_B02.tif ...), a "
+        "multi-band GeoTIFF with band descriptions (or --band-order), or a STAC Item JSON with "
+        "local hrefs; Level-2A (SCL used as cloud mask) or Level-1C.\n\n"
+        "The date of each input is its STAC Item's datetime, else the first YYYYMMDD in the "
+        "path (e.g. scenes/20240115/ or S2B_MSIL2A_20240115T083229_...), else in its band file "
+        "names; an input without one is an error (rename it). Inputs are sorted by date; two "
+        "inputs of the same day are an error (mosaic same-day tiles first). At least 2 dates; "
+        "the multi-date test is reliable from 4-6 dates on (fewer: a warning).\n\n"
+        "Every date is put on the grid of the earliest input's 10 m bands (a lon/lat or Web "
+        "Mercator grid: on the UTM grid of its zone instead), co-registered to the most valid "
+        "date (a date that fails is dropped and reported) and searched for signed objects. "
+        "Writes detections.geojson (kind, date_before, date_after, area_m2, score, confidence) "
+        "and series.json (inputs, dates, grid, co-registration, thresholds, counts) into --out; "
+        "a failed run leaves earlier outputs there intact. Exit codes: 5 bad input, 7 fewer "
+        "than 2 dates co-registered. See docs/detection.md."
+    )
+)
+def series(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="One input per date: band folder, multi-band GeoTIFF or STAC Item JSON.",
+            metavar="DATE_INPUT",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    band_order: Annotated[
+        str | None,
+        typer.Option(
+            "--band-order",
+            help="Bands of multi-band files without descriptions, in order, comma-separated "
+            "(e.g. B02,B03,B04,B08; '-' skips one).",
+        ),
+    ] = None,
+) -> None:
+    """Detect removed and appeared objects over N local dates (see the command's help)."""
+
+    def go() -> dict:
+        from pipeline.series import run_series
+
+        order = tuple(b.strip() for b in band_order.split(",")) if band_order else None
+        return run_series(inputs, out, _config(), band_order=order)
+
+    from pipeline.series import RECOMMENDED_DATES
+
+    s = _guard(go)
+    dates = s["dates"]
+    if len(dates) < RECOMMENDED_DATES:
+        typer.echo(
+            f"basewatch: warning: {len(dates)} dates: the multi-date test averages several views "
+            f"on each side of a change; {RECOMMENDED_DATES}-6 or more dates make it reliable",
+            err=True,
+        )
+    coreg = s["coregistration"]
+    for d in coreg["dates"]:
+        if d["status"] == "failed":
+            typer.echo(
+                f"basewatch: warning: {d['date']}: co-registration failed ({d['reason']}): "
+                "date dropped",
+                err=True,
+            )
+    c = s["counts"]
+    typer.echo(
+        f"series: {len(s['used_dates'])} of {len(dates)} dates ({dates[0]} .. {dates[-1]}), "
+        f"reference {coreg['reference_date']}; {c['n_objects']} objects ({c['n_removed']} "
+        f"removed, {c['n_appeared']} appeared) -> {out}"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -33,9 +33,10 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import xarray as xr
 from scipy import ndimage
 from scipy.signal.windows import tukey
 from skimage.registration import phase_cross_correlation
@@ -47,13 +48,17 @@ from pipeline.coregister_refine import (
     fill_invalid,
     refine_translation,
 )
-from pipeline.errors import CoregistrationError
+from pipeline.errors import CoregistrationError, DataError
+
+if TYPE_CHECKING:
+    from pipeline.config import CoregisterConfig
 
 __all__ = [
     "OK_SHIFT_PX",
     "ShiftEstimate",
     "apply_shift",
     "apply_shift_mask",
+    "coregister_cube",
     "coregister_stack",
     "estimate_shift",
 ]
@@ -359,3 +364,91 @@ def coregister_stack(
                 )
             )
     return reference_index, estimates
+
+
+def coregister_cube(
+    cube: xr.Dataset, cfg: CoregisterConfig
+) -> tuple[xr.Dataset, list[ShiftEstimate], int]:
+    """Co-register every date of a cube to its most valid date and apply the shifts.
+
+    The one "co-register a stack" of the project: the ``coregister`` stage and
+    ``basewatch series`` both call it.
+
+    Parameters
+    ----------
+    cube
+        Bands float32 and ``valid`` bool on (time, y, x) (``scl`` passed through as it is),
+        numpy or dask backed; band ``cfg.band`` is read into memory for the estimate.
+    cfg
+        Co-registration parameters (``band``, ``upsample``, ``max_shift_px``,
+        ``min_valid_fraction``, ``min_quality``).
+
+    Returns
+    -------
+    tuple
+        The aligned cube (dates whose estimate failed dropped; every band NaN where the shifted
+        ``valid`` is False; lazy where the cube was), one :class:`ShiftEstimate` per date of
+        ``cube`` (failed ones included) and the index of the reference date.
+
+    Raises
+    ------
+    DataError
+        When ``cfg.band`` or ``valid`` is not in the cube.
+    """
+    for name in (cfg.band, "valid"):
+        if name not in cube:
+            have = ", ".join(str(v) for v in cube.data_vars)
+            raise DataError(
+                f"coregister.band {cfg.band!r} or 'valid' is not in the cube (it has {have}): "
+                "pick a loaded band"
+            )
+    band = cube[cfg.band].astype("float32").values
+    valid = cube["valid"].values
+    ref, estimates = coregister_stack(
+        band,
+        valid,
+        upsample=cfg.upsample,
+        max_shift_px=cfg.max_shift_px,
+        min_valid_fraction=cfg.min_valid_fraction,
+        min_quality=cfg.min_quality,
+    )
+    keep = [i for i, e in enumerate(estimates) if e.status != "failed"]
+    return _apply_shifts(cube, estimates, keep), estimates, ref
+
+
+def _apply_shifts(cube: xr.Dataset, estimates: list[ShiftEstimate], keep: list[int]) -> xr.Dataset:
+    """The dates ``keep`` of ``cube``, each shifted by its estimate; bands NaN where not valid."""
+    sub = cube.isel(time=keep)
+    out = {}
+    bands = [v for v in sub.data_vars if v not in ("valid", "scl")]
+    for name in bands:
+        slices = [
+            apply_shift(
+                sub[name].isel(time=j).data, estimates[i].shift_x_px, estimates[i].shift_y_px
+            )
+            for j, i in enumerate(keep)
+        ]
+        out[name] = _stack_like(sub[name], slices)
+    valid = [
+        apply_shift_mask(
+            sub["valid"].isel(time=j).data, estimates[i].shift_x_px, estimates[i].shift_y_px
+        )
+        for j, i in enumerate(keep)
+    ]
+    out["valid"] = _stack_like(sub["valid"], valid)
+    if "scl" in sub:
+        out["scl"] = sub["scl"]
+    ds = xr.Dataset(out, attrs=dict(cube.attrs))
+    for name in bands:
+        ds[name] = ds[name].where(ds["valid"])
+    return ds
+
+
+def _stack_like(template: xr.DataArray, slices: list) -> xr.DataArray:
+    import dask.array as da
+
+    if any(isinstance(s, da.Array) for s in slices):
+        data = da.stack([da.asarray(s) for s in slices])
+    else:
+        data = np.stack(slices)
+    return xr.DataArray(data, dims=template.dims, coords=template.coords, attrs=template.attrs)

@@ -50,6 +50,7 @@ __all__ = [
     "BandFile",
     "Grid",
     "InputSpec",
+    "date_in_names",
     "describe_input",
     "read_bands",
     "reference_grid",
@@ -174,6 +175,23 @@ def _date_of(*names: str) -> str | None:
     return None
 
 
+def date_in_names(*names: str) -> str | None:
+    """The first acquisition date ``YYYYMMDD`` (optionally ``THHMMSS``) in ``names``.
+
+    Parameters
+    ----------
+    *names
+        Texts searched in order (file names, a path).
+
+    Returns
+    -------
+    str or None
+        ``YYYY-MM-DD`` of the first 8-digit date of 2000-2099 not inside a longer number, or
+        None.
+    """
+    return _date_of(*names)
+
+
 def _level_of(*names: str) -> str | None:
     for name in names:
         m = _LEVEL_IN_NAME.search(name)
@@ -213,7 +231,7 @@ def _describe_folder(path: Path) -> InputSpec:
         bands=bands,
         scl=scl,
         date=_date_of(*names),
-        level=_level_of(*names) or ("L2A" if scl else None),
+        level=_level_of(*names, path.name) or ("L2A" if scl else None),
         harmonisation="; ".join(sorted(sources)) or "none",
     )
 

@@ -102,19 +102,8 @@ def run_coregister(cfg: Config, site_name: str) -> dict:
     c = cfg.coregister
     if c.band not in cube:
         raise DataError(f"coregister.band '{c.band}' is not in {paths.cube}: pick a loaded band")
-    band = cube[c.band].astype("float32").values
-    valid = cube["valid"].values
-    ref, estimates = coregister.coregister_stack(
-        band,
-        valid,
-        upsample=c.upsample,
-        max_shift_px=c.max_shift_px,
-        min_valid_fraction=c.min_valid_fraction,
-        min_quality=c.min_quality,
-    )
+    aligned, estimates, ref = coregister.coregister_cube(cube, c)
     dates = [str(np.datetime_as_string(t, unit="D")) for t in cube.time.values]
-    keep = [i for i, e in enumerate(estimates) if e.status != "failed"]
-    aligned = _apply_shifts(cube, estimates, keep)
     load.write_cube(aligned, paths.aligned)
     result = {
         "reference_date": dates[ref],
@@ -124,45 +113,6 @@ def run_coregister(cfg: Config, site_name: str) -> dict:
     }
     write_json(paths.coreg, result)
     return result
-
-
-def _apply_shifts(cube: xr.Dataset, estimates: list, keep: list[int]) -> xr.Dataset:
-    from pipeline import coregister
-
-    sub = cube.isel(time=keep)
-    out = {}
-    bands = [v for v in sub.data_vars if v not in ("valid", "scl")]
-    for name in bands:
-        slices = [
-            coregister.apply_shift(
-                sub[name].isel(time=j).data, estimates[i].shift_x_px, estimates[i].shift_y_px
-            )
-            for j, i in enumerate(keep)
-        ]
-        out[name] = _stack_like(sub[name], slices)
-    valid = [
-        coregister.apply_shift_mask(
-            sub["valid"].isel(time=j).data, estimates[i].shift_x_px, estimates[i].shift_y_px
-        )
-        for j, i in enumerate(keep)
-    ]
-    out["valid"] = _stack_like(sub["valid"], valid)
-    if "scl" in sub:
-        out["scl"] = sub["scl"]
-    ds = xr.Dataset(out, attrs=dict(cube.attrs))
-    for name in bands:
-        ds[name] = ds[name].where(ds["valid"])
-    return ds
-
-
-def _stack_like(template: xr.DataArray, slices: list) -> xr.DataArray:
-    import dask.array as da
-
-    if any(isinstance(s, da.Array) for s in slices):
-        data = da.stack([da.asarray(s) for s in slices])
-    else:
-        data = np.stack(slices)
-    return xr.DataArray(data, dims=template.dims, coords=template.coords, attrs=template.attrs)
 
 
 def run_detect(cfg: Config, site_name: str) -> int:

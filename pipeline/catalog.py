@@ -32,6 +32,7 @@ from shapely.geometry.base import BaseGeometry
 
 from pipeline.config import CatalogConfig, NetworkConfig
 from pipeline.errors import CatalogError, StageInputError
+from pipeline.signing import signer_for
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +462,12 @@ def _search_api(
         with warnings.catch_warnings():
             # Small servers (e.g. rustac) support CQL2 filter without announcing it.
             warnings.simplefilter("ignore", DoesNotConformTo)
-            client = Client.open(catalog.url, stac_io=api_io(network))
+            signer = signer_for(catalog)
+            client = Client.open(
+                catalog.url,
+                stac_io=api_io(network),
+                modifier=signer.sign_inplace if signer is not None else None,
+            )
             search = client.search(
                 collections=[catalog.collection],
                 intersects=mapping(aoi_lonlat),
@@ -471,6 +477,8 @@ def _search_api(
                 max_items=catalog.max_items,
             )
             items = list(search.items())
+    except CatalogError:
+        raise
     except Exception as exc:
         msg = redact_text(str(exc).splitlines()[0][:300]) if str(exc) else type(exc).__name__
         raise CatalogError(

@@ -16,12 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pystac
@@ -38,9 +39,12 @@ from pipeline.catalog import (
     redact_url,
 )
 from pipeline.config import LoadConfig, NetworkConfig
-from pipeline.errors import CatalogError, DataError, StageInputError
+from pipeline.errors import AssetAccessError, CatalogError, DataError, StageInputError
 from pipeline.harmonise import Radiometry, band_radiometry, harmonise, valid_mask
 from pipeline.sites import Site
+
+if TYPE_CHECKING:
+    from pipeline.signing import AssetSigner
 
 __all__ = [
     "compute_cube",
@@ -48,6 +52,7 @@ __all__ = [
     "load_cube",
     "load_site",
     "read_cube",
+    "read_signed",
     "solar_day",
     "valid_mask",
     "write_cube",
@@ -176,6 +181,14 @@ def _reading(what: str, items: Sequence[pystac.Item] = ()) -> Iterator[None]:
             # The deepest cause says what went wrong ("got 19384 bytes, expected 88947").
             msg = redact_text(chain[-1].splitlines()[0][:300]) if chain else type(exc).__name__
             culprit = _culprit("\n".join(chain + handler.messages), items)
+            denied = _DENIED.search("\n".join(chain + handler.messages))
+            if denied is not None:
+                where = f": {culprit}" if culprit else ""
+                raise AssetAccessError(
+                    f"{what}: the asset server refused a read (HTTP {denied.group(1)}){where}: "
+                    "the signing token is missing or expired; set catalog.signing (see "
+                    "docs/real-scenes.md)"
+                ) from None
             if culprit is None and items:
                 found = _probe(items)
                 if found is not None:
@@ -190,6 +203,47 @@ def _reading(what: str, items: Sequence[pystac.Item] = ()) -> Iterator[None]:
                     f"{what}: a COG cannot be read ({msg}): check the Items' assets"
                 ) from None
             raise
+
+
+_DENIED = re.compile(r"HTTP (?:response code|error code|status)\D{0,4}(401|403)\b", re.I)
+"""How GDAL (curl) reports an asset server's refusal of a read."""
+
+T = TypeVar("T")
+
+
+def read_signed(
+    work: Callable[[list[pystac.Item]], T],
+    items: Sequence[pystac.Item],
+    signer: AssetSigner | None,
+) -> T:
+    """Run ``work`` (which reads pixels) on ``items`` signed just before; renew once on a 403.
+
+    Parameters
+    ----------
+    work
+        Builds and computes whatever reads the Items' assets, from the Items it is given.
+    items
+        The Items as searched (unsigned: ``items.json`` holds no token).
+    signer
+        Signs the Items' asset hrefs (:mod:`pipeline.signing`); None to run ``work`` as is.
+
+    Returns
+    -------
+    Whatever ``work`` returns.
+
+    Raises
+    ------
+    AssetAccessError
+        When a read is refused again with tokens fetched anew.
+    """
+    if signer is None:
+        return work(list(items))
+    try:
+        return work(signer.sign_items(items))
+    except AssetAccessError as exc:
+        log.info("%s: fetching new tokens and reading once more", exc)
+        signer.renew()
+        return work(signer.sign_items(items))
 
 
 def compute_cube(ds: xr.Dataset, items: Sequence[pystac.Item], what: str) -> xr.Dataset:

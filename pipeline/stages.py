@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from pipeline import catalog, load
+from pipeline import catalog, load, signing
 from pipeline.config import Config, SitePaths, site_paths
 from pipeline.errors import DataError, StageInputError
 from pipeline.io_utils import read_json, write_json, write_text
@@ -79,16 +79,22 @@ def run_load(cfg: Config, site_name: str) -> dict:
     """Load the site's Items onto the site grid and write ``cube.zarr`` and ``load.json``."""
     site, paths = _site(cfg, site_name)
     items = catalog.read_items(_require(paths.items, "search"))
-    cube, report = load.load_site(items, site, cfg.load, network=cfg.network)
-    if cube.sizes.get("time", 0) == 0:
-        raise DataError(
-            f"site {site_name}: every date is mostly cloud or no data "
-            f"(load.min_valid_fraction={cfg.load.min_valid_fraction}): widen the period"
+
+    def load_and_write(signed: list) -> dict:
+        cube, report = load.load_site(signed, site, cfg.load, network=cfg.network)
+        if cube.sizes.get("time", 0) == 0:
+            raise DataError(
+                f"site {site_name}: every date is mostly cloud or no data "
+                f"(load.min_valid_fraction={cfg.load.min_valid_fraction}): widen the period"
+            )
+        cube.attrs["simulated"] = int(
+            any(bool(it.properties.get("basewatch:simulated")) for it in items)
         )
-    cube.attrs["simulated"] = int(
-        any(bool(it.properties.get("basewatch:simulated")) for it in items)
-    )
-    load.write_cube(cube, paths.cube)
+        load.write_cube(cube, paths.cube)
+        return report
+
+    # Signed just before reading (a token from the search may be stale); renewed once on a 403.
+    report = load.read_signed(load_and_write, items, signing.signer_for(cfg.catalog))
     write_json(paths.load_report, report)
     return report
 

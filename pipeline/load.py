@@ -19,11 +19,12 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
+import dask
 import numpy as np
 import pystac
 import xarray as xr
@@ -39,12 +40,10 @@ from pipeline.catalog import (
     redact_url,
 )
 from pipeline.config import LoadConfig, NetworkConfig
+from pipeline.date_checks import date_checks
 from pipeline.errors import AssetAccessError, CatalogError, DataError, StageInputError
-from pipeline.harmonise import Radiometry, band_radiometry, harmonise, valid_mask
+from pipeline.harmonise import Radiometry, band_radiometry, dark_masks, harmonise, valid_mask
 from pipeline.sites import Site
-
-if TYPE_CHECKING:
-    from pipeline.signing import AssetSigner
 
 __all__ = [
     "compute_cube",
@@ -52,7 +51,6 @@ __all__ = [
     "load_cube",
     "load_site",
     "read_cube",
-    "read_signed",
     "solar_day",
     "valid_mask",
     "write_cube",
@@ -183,9 +181,9 @@ def _reading(what: str, items: Sequence[pystac.Item] = ()) -> Iterator[None]:
             culprit = _culprit("\n".join(chain + handler.messages), items)
             denied = _DENIED.search("\n".join(chain + handler.messages))
             if denied is not None:
-                where = f": {culprit}" if culprit else ""
                 raise AssetAccessError(
-                    f"{what}: the asset server refused a read (HTTP {denied.group(1)}){where}: "
+                    f"{what}: the asset server refused a read (HTTP {denied.group(1)})"
+                    f"{': ' + culprit if culprit else ''}: "
                     "the signing token is missing or expired; set catalog.signing (see "
                     "docs/real-scenes.md)"
                 ) from None
@@ -205,45 +203,7 @@ def _reading(what: str, items: Sequence[pystac.Item] = ()) -> Iterator[None]:
             raise
 
 
-_DENIED = re.compile(r"HTTP (?:response code|error code|status)\D{0,4}(401|403)\b", re.I)
-"""How GDAL (curl) reports an asset server's refusal of a read."""
-
-T = TypeVar("T")
-
-
-def read_signed(
-    work: Callable[[list[pystac.Item]], T],
-    items: Sequence[pystac.Item],
-    signer: AssetSigner | None,
-) -> T:
-    """Run ``work`` (which reads pixels) on ``items`` signed just before; renew once on a 403.
-
-    Parameters
-    ----------
-    work
-        Builds and computes whatever reads the Items' assets, from the Items it is given.
-    items
-        The Items as searched (unsigned: ``items.json`` holds no token).
-    signer
-        Signs the Items' asset hrefs (:mod:`pipeline.signing`); None to run ``work`` as is.
-
-    Returns
-    -------
-    Whatever ``work`` returns.
-
-    Raises
-    ------
-    AssetAccessError
-        When a read is refused again with tokens fetched anew.
-    """
-    if signer is None:
-        return work(list(items))
-    try:
-        return work(signer.sign_items(items))
-    except AssetAccessError as exc:
-        log.info("%s: fetching new tokens and reading once more", exc)
-        signer.renew()
-        return work(signer.sign_items(items))
+_DENIED = re.compile(r"HTTP\D{0,20}\b(401|403)\b")  # GDAL (curl) on a refused read
 
 
 def compute_cube(ds: xr.Dataset, items: Sequence[pystac.Item], what: str) -> xr.Dataset:
@@ -457,6 +417,12 @@ def _naive_utc(item: pystac.Item) -> dt.datetime:
     return when
 
 
+def _day_items(items: Sequence[pystac.Item], geobox: GeoBox) -> list[list[pystac.Item]]:
+    """The Items of each date in the cube's time order, the one stamping the date first."""
+    ordered, days = _ordered([normalise_item(it) for it in items], geobox)
+    return [[it for it, e in zip(ordered, days, strict=True) if e == d] for d in sorted(set(days))]
+
+
 def aoi_mask(site: Site, geobox: GeoBox) -> np.ndarray:
     """Boolean raster of the site's AOI on ``geobox`` (pixel centres inside the polygon)."""
     from rasterio.features import rasterize
@@ -495,8 +461,10 @@ def load_site(
     tuple of xarray.Dataset and dict
         The lazy cube of the kept dates (valid-fraction check computed, pixels not kept in
         memory) and a report ``{"site", "n_items", "n_dates", "dates_kept": [date, ...],
-        "dates_dropped": [{"date", "valid_fraction", "reason"}], "valid_fraction": {date: f}}``
-        with ISO dates (UTC) of the time coordinates.
+        "dates_dropped": [{"date", "valid_fraction", "reason"}], "valid_fraction": {date: f},
+        and the per-date checks of :func:`pipeline.date_checks.date_checks` (``radiometry``,
+        ``radiometry_disagreements``, ``geometry``, ``geometry_unrefined``), with ISO dates
+        (UTC) of the time coordinates.
 
     Raises
     ------
@@ -522,10 +490,14 @@ def load_site(
     n_aoi = int(aoi.sum())
     if n_aoi == 0:
         raise DataError(f"site {site.name}: the AOI covers no pixel of its grid: check the seed")
-    aoi_da = xr.DataArray(aoi, dims=("y", "x"))
+    used = ds["valid"] & xr.DataArray(aoi, dims=("y", "x"))
+    bands = [b for b in load_cfg.bands if b in ds.data_vars and b != SCL]
+    masks = [used, *dark_masks(ds, used, bands)]  # one pass: valid and dark-object counts
     with _reading(f"load {site.name}", [normalise_item(it) for it in items]):
-        frac = ((ds["valid"] & aoi_da).sum(("y", "x")) / n_aoi).values.astype(float)
+        counts = dask.compute(*[m.sum(("y", "x")).data for m in masks])
+    frac = np.asarray(counts[0], dtype=float) / n_aoi
     dates = [str(np.datetime_as_string(t, unit="D")) for t in ds["time"].values]
+    checks = date_checks(site.name, dates, _day_items(items, geobox), bands, counts)
     keep: list[int] = []
     dropped: list[dict[str, Any]] = []
     for i, (d, f) in enumerate(zip(dates, frac, strict=True)):
@@ -547,6 +519,7 @@ def load_site(
         "dates_kept": [dates[i] for i in keep],
         "dates_dropped": dropped,
         "valid_fraction": {d: round(float(f), 4) for d, f in zip(dates, frac, strict=True)},
+        **checks,
     }
     log.info("load %s: %d Items, %d dates, %d kept", site.name, len(items), len(dates), len(keep))
     return ds.isel(time=keep), report

@@ -12,7 +12,7 @@ and appends it to each href of a configured host:
 - again just before the loader reads (:meth:`AssetSigner.sign_items`): a token from the search
   is often stale by then, and ``items.json`` never holds one (``catalog.redact_url``);
 - and once more after an HTTP 403 on a read, with the cached token dropped
-  (:meth:`AssetSigner.renew`), see :func:`pipeline.load.read_signed`.
+  (:meth:`AssetSigner.renew`), see :func:`read_signed`.
 
 The token endpoint is ``catalog.token_url`` (else the package's ``PC_SDK_SAS_URL`` setting or its
 default); tests point it and ``catalog.signed_hosts`` at loopback servers. Tokens are secrets:
@@ -22,14 +22,14 @@ they are never logged (``catalog.redact_logs``) nor written (``catalog.write_ite
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pystac
 
 from pipeline.config import CatalogConfig
-from pipeline.errors import CatalogError
+from pipeline.errors import AssetAccessError, CatalogError
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,44 @@ class AssetSigner:
             self._sign_assets(clone.assets)
             out.append(clone)
         return out
+
+
+T = TypeVar("T")
+
+
+def read_signed(
+    work: Callable[[list[pystac.Item]], T],
+    items: Sequence[pystac.Item],
+    signer: AssetSigner | None,
+) -> T:
+    """Run ``work`` (which reads pixels) on ``items`` signed just before; renew once on a 403.
+
+    Parameters
+    ----------
+    work
+        Builds and computes whatever reads the Items' assets, from the Items it is given.
+    items
+        The Items as searched (unsigned: ``items.json`` holds no token).
+    signer
+        Signs the Items' asset hrefs (:mod:`pipeline.signing`); None to run ``work`` as is.
+
+    Returns
+    -------
+    Whatever ``work`` returns.
+
+    Raises
+    ------
+    pipeline.errors.AssetAccessError
+        When a read is refused again with tokens fetched anew.
+    """
+    if signer is None:
+        return work(list(items))
+    try:
+        return work(signer.sign_items(items))
+    except AssetAccessError as exc:
+        log.info("%s: fetching new tokens and reading once more", exc)
+        signer.renew()
+        return work(signer.sign_items(items))
 
 
 def signer_for(catalog: CatalogConfig) -> AssetSigner | None:

@@ -94,7 +94,7 @@ def run_load(cfg: Config, site_name: str) -> dict:
         return report
 
     # Signed just before reading (a token from the search may be stale); renewed once on a 403.
-    report = load.read_signed(load_and_write, items, signing.signer_for(cfg.catalog))
+    report = signing.read_signed(load_and_write, items, signing.signer_for(cfg.catalog))
     write_json(paths.load_report, report)
     return report
 

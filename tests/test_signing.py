@@ -23,8 +23,8 @@ from test_load import DATE_A, DATE_C, LOAD_CFG, make_site, write_item
 
 from pipeline.config import CatalogConfig
 from pipeline.errors import AssetAccessError, CatalogError
-from pipeline.load import load_site, read_signed
-from pipeline.signing import AssetSigner, signer_for, signing_mode
+from pipeline.load import load_site
+from pipeline.signing import AssetSigner, read_signed, signer_for, signing_mode
 
 CONTAINER = "sentinel2-l2"
 

@@ -342,10 +342,18 @@ def check_offset(
     return OffsetCheck(rule.source, rule.offset, n_valid, dark, below, negative, pixels, agrees)
 
 
+DARK_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir")
+"""Bands whose darkest value is tested: the 10 m bands, read on the site grid without
+resampling (the 20 m SWIR bands are resampled, and cubic resampling rings below a dark water
+edge by more than the BOA offset's margins). Dark water is darkest in the NIR."""
+
+
 def dark_masks(ds: xr.Dataset, used: xr.DataArray, bands: list[str]) -> list[xr.DataArray]:
     """Lazy masks of the ``used`` pixels whose darkest band is below :data:`DARK_REFLECTANCE`,
     below the BOA offset (0.1) and below :data:`OVER_CORRECTED`: the counts
-    :func:`check_offset` takes (sum each over y and x). Lazy in, lazy out."""
+    :func:`check_offset` takes (sum each over y and x). The darkest band is taken over the
+    :data:`DARK_BANDS` among ``bands`` (all of ``bands`` when none is). Lazy in, lazy out."""
+    bands = [b for b in bands if b in DARK_BANDS] or list(bands)
     if not bands:
         return [used & False] * 3
     darkest = xr.concat([ds[b] for b in bands], dim="band").min("band")

@@ -99,6 +99,13 @@ class CoregisterConfig(_Strict):
     min_quality: float = Field(
         0.3, ge=0, le=1, description="Lower correlation quality than this marks the date failed."
     )
+    max_residual_px: float = Field(
+        0.5,
+        gt=0,
+        description="After the shifts are removed, each date is matched to the reference once "
+        "more; a residual shift larger than this (px) is flagged in coreg.json and the report "
+        "(the date is still used: look at it).",
+    )
 
 
 class DetectConfig(_Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -122,14 +123,45 @@ def run_coregister(cfg: Config, site_name: str) -> dict:
     keep = [i for i, e in enumerate(estimates) if e.status != "failed"]
     aligned = _apply_shifts(cube, estimates, keep)
     load.write_cube(aligned, paths.aligned)
+    residual = _residuals(aligned, c, keep.index(ref) if ref in keep else None)
+    records = [{"date": d, **e.to_dict()} for d, e in zip(dates, estimates, strict=True)]
+    for j, i in enumerate(keep):
+        records[i]["residual_px"] = residual[j]
+        records[i]["residual_flag"] = residual[j] is not None and residual[j] > c.max_residual_px
     result = {
         "reference_date": dates[ref],
         "band": c.band,
-        "dates": [{"date": d, **e.to_dict()} for d, e in zip(dates, estimates, strict=True)],
+        "dates": records,
         "failed_dates": [dates[i] for i, e in enumerate(estimates) if e.status == "failed"],
+        "residual_flagged_dates": [r["date"] for r in records if r.get("residual_flag")],
     }
+    for d in result["residual_flagged_dates"]:
+        log.warning(
+            "%s %s: %.2f px left after co-registration (> coregister.max_residual_px %s)",
+            *(site_name, d, records[dates.index(d)]["residual_px"], c.max_residual_px),
+        )
     write_json(paths.coreg, result)
     return result
+
+
+def _residuals(aligned: xr.Dataset, c: Any, ref: int | None) -> list[float | None]:
+    """Shift left between each aligned date and the aligned reference (px), None if unknown."""
+    from pipeline import coregister
+
+    if ref is None or aligned.sizes.get("time", 0) == 0:
+        return [None] * aligned.sizes.get("time", 0)
+    _, again = coregister.coregister_stack(
+        aligned[c.band].astype("float32").values,
+        aligned["valid"].values,
+        reference_index=ref,
+        upsample=c.upsample,
+        max_shift_px=c.max_shift_px,
+        min_valid_fraction=c.min_valid_fraction,
+        min_quality=c.min_quality,
+    )
+    return [
+        round(float(np.hypot(e.shift_x_px, e.shift_y_px)), 4) if e.usable else None for e in again
+    ]
 
 
 def _apply_shifts(cube: xr.Dataset, estimates: list, keep: list[int]) -> xr.Dataset:

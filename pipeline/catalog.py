@@ -32,6 +32,7 @@ from shapely.geometry.base import BaseGeometry
 
 from pipeline.config import CatalogConfig, NetworkConfig
 from pipeline.errors import CatalogError, StageInputError
+from pipeline.signing import signer_for
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ ASSET_KEYS: dict[str, tuple[str, ...]] = {
 }
 """Asset keys tried, in order, for each vocabulary band: Earth Search v1 (``red``), Planetary
 Computer and Earth Search v0 (``B04``), lower case (``b04``) and resolution-suffixed (``B04_10m``).
-Failing these, an asset whose single ``eo:bands`` entry names the band is used."""
+Failing these, an asset whose single ``eo:bands`` entry (or STAC 1.1 ``bands`` entry) names the
+band is used."""
 
 
 def band_asset_key(item: pystac.Item, band: str) -> str:
@@ -103,11 +105,13 @@ def band_asset_key(item: pystac.Item, band: str) -> str:
             return key
     sid = S2_BAND_IDS[band]
     for key, asset in item.assets.items():
-        eo_bands = asset.extra_fields.get("eo:bands") or []
-        if len(eo_bands) != 1:
+        # eo:bands (STAC 1.0) or the common bands of STAC 1.1 (eo:common_name inside).
+        entries = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
+        if len(entries) != 1:
             continue
-        entry = eo_bands[0]
-        if entry.get("name") == sid or (band != SCL and entry.get("common_name") == band):
+        entry = entries[0]
+        common = entry.get("common_name") or entry.get("eo:common_name")
+        if entry.get("name") == sid or (band != SCL and common == band):
             return key
     raise CatalogError(
         f"Item {item.id} has no asset for band '{band}' (looked for "
@@ -146,17 +150,43 @@ def normalise_item(item: pystac.Item) -> pystac.Item:
     return out
 
 
+def _crs_epsg(props: dict[str, Any]) -> int | None:
+    """EPSG code from one set of projection fields, or None when they name no EPSG CRS."""
+    epsg = props.get("proj:epsg")
+    if epsg is not None:
+        return int(epsg)
+    code = props.get("proj:code")
+    if isinstance(code, str) and code.upper().startswith("EPSG:"):
+        return int(code.split(":", 1)[1])
+    for key in ("proj:wkt2", "proj:projjson"):
+        value = props.get(key)
+        if value:
+            from pyproj import CRS
+            from pyproj.exceptions import CRSError
+
+            try:
+                crs = CRS.from_json_dict(value) if isinstance(value, dict) else CRS(value)
+            except CRSError:
+                return None
+            found = crs.to_epsg()
+            return int(found) if found is not None else None
+    return None
+
+
 def item_epsg(item: pystac.Item) -> int | None:
-    """EPSG code of an Item's pixel grid, from ``proj:epsg`` / ``proj:code`` (Item or asset)."""
+    """EPSG code of an Item's pixel grid, or None.
+
+    Read from the projection extension on the Item, then on its assets, whichever form the
+    catalog uses: ``proj:epsg`` (projection v1), ``proj:code`` (``"EPSG:32636"``, projection
+    v2 and STAC 1.1 catalogs, where ``proj:epsg`` is gone), ``proj:wkt2`` or ``proj:projjson``
+    (matched to an EPSG code by pyproj).
+    """
     sources: list[dict[str, Any]] = [item.properties]
     sources += [a.extra_fields for a in item.assets.values()]
     for props in sources:
-        epsg = props.get("proj:epsg")
+        epsg = _crs_epsg(props)
         if epsg is not None:
-            return int(epsg)
-        code = props.get("proj:code")
-        if isinstance(code, str) and code.upper().startswith("EPSG:"):
-            return int(code.split(":", 1)[1])
+            return epsg
     return None
 
 
@@ -461,7 +491,12 @@ def _search_api(
         with warnings.catch_warnings():
             # Small servers (e.g. rustac) support CQL2 filter without announcing it.
             warnings.simplefilter("ignore", DoesNotConformTo)
-            client = Client.open(catalog.url, stac_io=api_io(network))
+            signer = signer_for(catalog)
+            client = Client.open(
+                catalog.url,
+                stac_io=api_io(network),
+                modifier=signer.sign_inplace if signer is not None else None,
+            )
             search = client.search(
                 collections=[catalog.collection],
                 intersects=mapping(aoi_lonlat),
@@ -471,6 +506,8 @@ def _search_api(
                 max_items=catalog.max_items,
             )
             items = list(search.items())
+    except CatalogError:
+        raise
     except Exception as exc:
         msg = redact_text(str(exc).splitlines()[0][:300]) if str(exc) else type(exc).__name__
         raise CatalogError(

@@ -35,6 +35,24 @@ class CatalogConfig(_Strict):
         80.0, ge=0, le=100, description="Drop Items whose eo:cloud_cover (percent) is higher."
     )
     max_items: int = Field(2000, gt=0, description="Stop searching after this many Items.")
+    signing: Literal["auto", "none", "planetary-computer"] = Field(
+        "auto",
+        description="How asset hrefs are signed before reading: planetary-computer (a SAS token "
+        "from the planetary-computer package, fetched just before each read and renewed once "
+        "on HTTP 403), none, or auto (planetary-computer when catalog.url is on "
+        "planetarycomputer.microsoft.com, none otherwise).",
+    )
+    token_url: str | None = Field(
+        None,
+        description="SAS token endpoint of planetary-computer signing; None keeps the "
+        "package's own (the PC_SDK_SAS_URL environment variable, else "
+        "https://planetarycomputer.microsoft.com/api/sas/v1/token).",
+    )
+    signed_hosts: tuple[str, ...] = Field(
+        (".blob.core.windows.net",),
+        description="Asset hosts whose hrefs are signed: a host name, host:port, or a suffix "
+        "starting with a dot (Planetary Computer's Azure Blob Storage accounts).",
+    )
 
 
 class DatesConfig(_Strict):
@@ -80,6 +98,13 @@ class CoregisterConfig(_Strict):
     )
     min_quality: float = Field(
         0.3, ge=0, le=1, description="Lower correlation quality than this marks the date failed."
+    )
+    max_residual_px: float = Field(
+        0.5,
+        gt=0,
+        description="After the shifts are removed, each date is matched to the reference once "
+        "more; a residual shift larger than this (px) is flagged in coreg.json and the report "
+        "(the date is still used: look at it).",
     )
 
 

@@ -38,6 +38,10 @@ class DataError(BasewatchError):
     exit_code = 5
 
 
+class AssetAccessError(DataError):
+    """An asset server refused a read (HTTP 401/403): a signing token is missing or expired."""
+
+
 class StageInputError(BasewatchError):
     """A stage's input (the output of an earlier stage) is missing: run that stage first."""
 

@@ -2,7 +2,8 @@
 
 Radiometry of one band of one Item (:func:`band_radiometry`), in this order:
 
-1. ``raster:bands`` of the asset, when it gives a ``scale`` or an ``offset``:
+1. The asset's scale and offset, when it gives one: ``raster:bands`` entries (STAC 1.0), or
+   ``raster:scale`` / ``raster:offset`` in its STAC 1.1 ``bands`` (or on the asset itself):
    ``reflectance = DN * scale + offset``.
 2. Otherwise the processing baseline (``s2:processing_baseline``, or ``Nxxyy`` in the product
    id): from 04.00 on, ESA adds ``BOA_ADD_OFFSET = -1000`` to the DNs, so
@@ -105,6 +106,25 @@ def _baseline_number(baseline: str) -> float:
         raise DataError(f"processing baseline {baseline!r} is not a number like '05.09'") from None
 
 
+def _scale_offset(fields: dict[str, Any]) -> tuple[float, float, str] | None:
+    """(scale, offset, form) of an asset's DN, from whichever raster form it uses, or None.
+
+    ``raster:bands`` entries with ``scale`` / ``offset`` (raster extension v1, STAC 1.0); the
+    STAC 1.1 ``bands`` list whose entries carry ``raster:scale`` / ``raster:offset`` (raster
+    extension v2); or those two fields on the asset itself (v2, one band per asset).
+    """
+    raster: list[dict[str, Any]] = fields.get("raster:bands") or []
+    first = raster[0] if raster else {}
+    if "scale" in first or "offset" in first:
+        return float(first.get("scale", 1.0)), float(first.get("offset", 0.0)), "raster:bands"
+    bands: list[dict[str, Any]] = fields.get("bands") or []
+    for where, entry in (("bands", bands[0] if bands else {}), ("asset raster:scale", fields)):
+        if "raster:scale" in entry or "raster:offset" in entry:
+            scale = float(entry.get("raster:scale", 1.0))
+            return scale, float(entry.get("raster:offset", 0.0)), where
+    return None
+
+
 def band_radiometry(item: pystac.Item, band: str) -> Radiometry:
     """Scale and offset turning ``band`` DNs of ``item`` into surface reflectance.
 
@@ -127,15 +147,13 @@ def band_radiometry(item: pystac.Item, band: str) -> Radiometry:
     """
     key = band_asset_key(item, band)
     asset = item.assets[key]
-    raster: list[dict[str, Any]] = asset.extra_fields.get("raster:bands") or []
-    first = raster[0] if raster else {}
     flag = next((item.properties[f] for f in BOA_FLAGS if f in item.properties), None)
-    if "scale" in first or "offset" in first:
-        scale = float(first.get("scale", 1.0))
-        offset = float(first.get("offset", 0.0))
+    found = _scale_offset(asset.extra_fields)
+    if found is not None:
+        scale, offset, form = found
         if flag is True:
-            return Radiometry(scale, 0.0, "raster:bands scale; BOA offset already in the pixels")
-        return Radiometry(scale, offset, "raster:bands")
+            return Radiometry(scale, 0.0, f"{form} scale; BOA offset already in the pixels")
+        return Radiometry(scale, offset, form)
     baseline = processing_baseline(item)
     if baseline is None:
         raise DataError(
@@ -219,3 +237,125 @@ def valid_mask(scl: Any, dilation_px: int) -> Any:
             dilation_px=dilation_px,
         )
     return _valid_numpy(np.asarray(scl), dilation_px)
+
+
+# ---------------------------------------------------------------------------------------------
+# The offset rule checked against the pixels
+
+DARK_REFLECTANCE = 0.05
+"""Darkest-band reflectance below which a pixel counts as a dark object (dark water, shadow,
+dense vegetation in the visible): half the BOA offset of 0.1, so an offset applied twice or
+left in the pixels moves such pixels to the other side of it."""
+
+OVER_CORRECTED = -0.05
+"""Darkest-band reflectance below which a pixel is impossible (a surface darker than nothing):
+the offset was removed from DNs that held none."""
+
+MIN_PIXEL_SHARE = 0.01
+"""Share of a date's valid AOI pixels that a verdict needs (1 %: a few hundred pixels)."""
+
+
+@dataclass(frozen=True)
+class OffsetCheck:
+    """The harmonisation rule of one date against what its pixels say."""
+
+    rule: str
+    """Where the scale and offset came from (:attr:`Radiometry.source`)."""
+    offset: float
+    """The offset the rule applied, reflectance units."""
+    n_valid: int
+    """Valid AOI pixels the check looked at."""
+    dark_share: float
+    """Share of them whose darkest band is below :data:`DARK_REFLECTANCE`."""
+    below_offset_share: float
+    """Share whose darkest band is below the BOA offset itself (0.1)."""
+    negative_share: float
+    """Share whose darkest band is below :data:`OVER_CORRECTED`."""
+    pixels: str
+    """What the pixels say, in words."""
+    agrees: bool | None
+    """True when the pixels agree with the rule, False when they contradict it, None when they
+    cannot tell (too few valid pixels, or no dark object in the AOI)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (shares rounded to 4 digits)."""
+        return {
+            "rule": self.rule,
+            "offset": round(self.offset, 6),
+            "n_valid": int(self.n_valid),
+            "dark_share": round(self.dark_share, 4),
+            "below_offset_share": round(self.below_offset_share, 4),
+            "negative_share": round(self.negative_share, 4),
+            "pixels": self.pixels,
+            "agrees": self.agrees,
+        }
+
+
+def check_offset(
+    rule: Radiometry, n_valid: int, n_dark: int, n_below_offset: int, n_negative: int
+) -> OffsetCheck:
+    """Whether a date's pixels agree with the offset rule its metadata chose.
+
+    Dark objects (water, shadows) have a surface reflectance near 0 in their darkest band. When
+    the BOA offset (-0.1) is left in the pixels, no pixel can be darker than 0.1 (DN >= 1000);
+    when it is removed from DNs that held none, dark objects fall below 0 (below
+    :data:`OVER_CORRECTED`).
+
+    Parameters
+    ----------
+    rule
+        The radiometry the loader applied to the date (its first Item's first band).
+    n_valid
+        Valid AOI pixels of the date.
+    n_dark, n_below_offset, n_negative
+        Those whose darkest band is below :data:`DARK_REFLECTANCE`, below
+        ``-BOA_ADD_OFFSET / QUANTIFICATION`` (0.1) and below :data:`OVER_CORRECTED`.
+
+    Returns
+    -------
+    OffsetCheck
+        With the verdict; the rule itself is not changed (the report shows both).
+    """
+    share = (lambda n: n / n_valid) if n_valid > 0 else (lambda n: 0.0)
+    dark, below, negative = share(n_dark), share(n_below_offset), share(n_negative)
+    boa = -BOA_ADD_OFFSET / QUANTIFICATION
+    if n_valid * MIN_PIXEL_SHARE < 1:
+        pixels, agrees = "too few valid pixels to tell", None
+    elif negative >= MIN_PIXEL_SHARE:
+        pixels = (
+            f"{negative:.1%} of pixels below {OVER_CORRECTED}: the offset was removed from DNs "
+            "that held none"
+        )
+        agrees = False
+    elif below < MIN_PIXEL_SHARE and rule.offset == 0.0:
+        pixels = (
+            f"no pixel darker than {boa}: the BOA offset is still in the pixels "
+            f"(expected offset {-boa})"
+        )
+        agrees = False
+    elif dark >= MIN_PIXEL_SHARE:
+        pixels = f"dark objects near 0 ({dark:.1%} of pixels below {DARK_REFLECTANCE})"
+        agrees = True
+    else:
+        pixels = f"no dark objects in the AOI (none below {DARK_REFLECTANCE}): cannot tell"
+        agrees = None
+    return OffsetCheck(rule.source, rule.offset, n_valid, dark, below, negative, pixels, agrees)
+
+
+DARK_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir")
+"""Bands whose darkest value is tested: the 10 m bands, read on the site grid without
+resampling (the 20 m SWIR bands are resampled, and cubic resampling rings below a dark water
+edge by more than the BOA offset's margins). Dark water is darkest in the NIR."""
+
+
+def dark_masks(ds: xr.Dataset, used: xr.DataArray, bands: list[str]) -> list[xr.DataArray]:
+    """Lazy masks of the ``used`` pixels whose darkest band is below :data:`DARK_REFLECTANCE`,
+    below the BOA offset (0.1) and below :data:`OVER_CORRECTED`: the counts
+    :func:`check_offset` takes (sum each over y and x). The darkest band is taken over the
+    :data:`DARK_BANDS` among ``bands`` (all of ``bands`` when none is). Lazy in, lazy out."""
+    bands = [b for b in bands if b in DARK_BANDS] or list(bands)
+    if not bands:
+        return [used & False] * 3
+    darkest = xr.concat([ds[b] for b in bands], dim="band").min("band")
+    boa = -BOA_ADD_OFFSET / QUANTIFICATION
+    return [used & (darkest < t) for t in (DARK_REFLECTANCE, boa, OVER_CORRECTED)]

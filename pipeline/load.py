@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pystac
 import xarray as xr
@@ -38,8 +40,9 @@ from pipeline.catalog import (
     redact_url,
 )
 from pipeline.config import LoadConfig, NetworkConfig
-from pipeline.errors import CatalogError, DataError, StageInputError
-from pipeline.harmonise import Radiometry, band_radiometry, harmonise, valid_mask
+from pipeline.date_checks import date_checks
+from pipeline.errors import AssetAccessError, CatalogError, DataError, StageInputError
+from pipeline.harmonise import Radiometry, band_radiometry, dark_masks, harmonise, valid_mask
 from pipeline.sites import Site
 
 __all__ = [
@@ -176,6 +179,14 @@ def _reading(what: str, items: Sequence[pystac.Item] = ()) -> Iterator[None]:
             # The deepest cause says what went wrong ("got 19384 bytes, expected 88947").
             msg = redact_text(chain[-1].splitlines()[0][:300]) if chain else type(exc).__name__
             culprit = _culprit("\n".join(chain + handler.messages), items)
+            denied = _DENIED.search("\n".join(chain + handler.messages))
+            if denied is not None:
+                raise AssetAccessError(
+                    f"{what}: the asset server refused a read (HTTP {denied.group(1)})"
+                    f"{': ' + culprit if culprit else ''}: "
+                    "the signing token is missing or expired; set catalog.signing (see "
+                    "docs/real-scenes.md)"
+                ) from None
             if culprit is None and items:
                 found = _probe(items)
                 if found is not None:
@@ -190,6 +201,9 @@ def _reading(what: str, items: Sequence[pystac.Item] = ()) -> Iterator[None]:
                     f"{what}: a COG cannot be read ({msg}): check the Items' assets"
                 ) from None
             raise
+
+
+_DENIED = re.compile(r"HTTP\D{0,20}\b(401|403)\b")  # GDAL (curl) on a refused read
 
 
 def compute_cube(ds: xr.Dataset, items: Sequence[pystac.Item], what: str) -> xr.Dataset:
@@ -403,6 +417,12 @@ def _naive_utc(item: pystac.Item) -> dt.datetime:
     return when
 
 
+def _day_items(items: Sequence[pystac.Item], geobox: GeoBox) -> list[list[pystac.Item]]:
+    """The Items of each date in the cube's time order, the one stamping the date first."""
+    ordered, days = _ordered([normalise_item(it) for it in items], geobox)
+    return [[it for it, e in zip(ordered, days, strict=True) if e == d] for d in sorted(set(days))]
+
+
 def aoi_mask(site: Site, geobox: GeoBox) -> np.ndarray:
     """Boolean raster of the site's AOI on ``geobox`` (pixel centres inside the polygon)."""
     from rasterio.features import rasterize
@@ -441,8 +461,10 @@ def load_site(
     tuple of xarray.Dataset and dict
         The lazy cube of the kept dates (valid-fraction check computed, pixels not kept in
         memory) and a report ``{"site", "n_items", "n_dates", "dates_kept": [date, ...],
-        "dates_dropped": [{"date", "valid_fraction", "reason"}], "valid_fraction": {date: f}}``
-        with ISO dates (UTC) of the time coordinates.
+        "dates_dropped": [{"date", "valid_fraction", "reason"}], "valid_fraction": {date: f},
+        and the per-date checks of :func:`pipeline.date_checks.date_checks` (``radiometry``,
+        ``radiometry_disagreements``, ``geometry``, ``geometry_unrefined``), with ISO dates
+        (UTC) of the time coordinates.
 
     Raises
     ------
@@ -468,10 +490,14 @@ def load_site(
     n_aoi = int(aoi.sum())
     if n_aoi == 0:
         raise DataError(f"site {site.name}: the AOI covers no pixel of its grid: check the seed")
-    aoi_da = xr.DataArray(aoi, dims=("y", "x"))
+    used = ds["valid"] & xr.DataArray(aoi, dims=("y", "x"))
+    bands = [b for b in load_cfg.bands if b in ds.data_vars and b != SCL]
+    masks = [used, *dark_masks(ds, used, bands)]  # one pass: valid and dark-object counts
     with _reading(f"load {site.name}", [normalise_item(it) for it in items]):
-        frac = ((ds["valid"] & aoi_da).sum(("y", "x")) / n_aoi).values.astype(float)
+        counts = dask.compute(*[m.sum(("y", "x")).data for m in masks])
+    frac = np.asarray(counts[0], dtype=float) / n_aoi
     dates = [str(np.datetime_as_string(t, unit="D")) for t in ds["time"].values]
+    checks = date_checks(site.name, dates, _day_items(items, geobox), bands, counts)
     keep: list[int] = []
     dropped: list[dict[str, Any]] = []
     for i, (d, f) in enumerate(zip(dates, frac, strict=True)):
@@ -493,6 +519,7 @@ def load_site(
         "dates_kept": [dates[i] for i in keep],
         "dates_dropped": dropped,
         "valid_fraction": {d: round(float(f), 4) for d, f in zip(dates, frac, strict=True)},
+        **checks,
     }
     log.info("load %s: %d Items, %d dates, %d kept", site.name, len(items), len(dates), len(keep))
     return ds.isel(time=keep), report

@@ -163,6 +163,14 @@ def _summary(
         f"Detections: <b>{len(props)}</b> (<span class='removed'>{kinds['removed']} removed"
         f"</span>, <span class='appeared'>{kinds['appeared']} appeared</span>)",
     ]
+    flagged = [str(d) for d in coreg.get("residual_flagged_dates", [])]
+    odd = [str(d) for d in load_report.get("radiometry_disagreements", [])]
+    if flagged or odd:
+        lines.append(
+            f"Flagged dates (<a href='#scenes'>see the scenes table</a>): large residual after "
+            f"co-registration: <b>{h.esc(', '.join(flagged) or 'none')}</b>; radiometry "
+            f"metadata and pixels disagree: <b>{h.esc(', '.join(odd) or 'none')}</b>"
+        )
     if occ.dates:
         last = {z: v[-1] for z, v in occ.net_area_m2.items() if z not in (ALL_ZONES, OUTSIDE)}
         moved = ", ".join(f"{h.esc(z)} {v:+,.0f} m²" for z, v in last.items() if abs(v) > 0)

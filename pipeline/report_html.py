@@ -221,6 +221,8 @@ def scenes_section(
     fractions = load_report.get("valid_fraction", {})
     reg = {str(d.get("date"))[:10]: d for d in coreg.get("dates", [])}
     ref = str(coreg.get("reference_date") or "")[:10]
+    radiometry = load_report.get("radiometry", {})
+    geometry = load_report.get("geometry", {})
     rows, used = [], []
     for day in sorted(set(by_day) | set(kept) | set(dropped) | set(reg)):
         scenes = "<br>".join(
@@ -233,26 +235,66 @@ def scenes_section(
         why = (dropped.get(day) or {}).get("reason") or c.get("reason")
         if day not in kept and day not in dropped:
             why = why or "not loaded"
+        notes = [why] if why else []
+        rad = radiometry.get(day) or {}
+        if rad.get("agrees") is False:
+            notes.append(
+                f"RADIOMETRY: metadata and pixels disagree ({rad.get('pixels')}); rule used: "
+                f"{rad.get('rule')}, offset {rad.get('offset')}"
+            )
+        if c.get("residual_flag"):
+            notes.append(
+                f"LARGE RESIDUAL: {fmt(c.get('residual_px'))} px left after "
+                "co-registration: check this date before trusting its detections"
+            )
+        if (geometry.get(day) or {}).get("refined") is False:
+            notes.append("geometric refinement NOT applied (ESA metadata)")
         if ok:
             used.append(day)
         rows.append(
             [day + (" (reference)" if day == ref else ""), Raw(scenes or "-"),
              fractions.get(day), "dropped" if day in dropped else "kept" if day in kept else "-",
-             c.get("shift_x_px"), c.get("shift_y_px"), c.get("quality"), status,
-             "yes" if ok else "no", why]
+             _radiometry_cell(rad), c.get("shift_x_px"), c.get("shift_y_px"), c.get("quality"),
+             status, c.get("residual_px"), _refinement_cell(geometry.get(day)),
+             ("yes, flagged" if c.get("residual_flag") else "yes") if ok else "no",
+             "; ".join(str(n) for n in notes) or None]
         )  # fmt: skip
     headers = [
-        "date", "scenes (STAC Items)", "valid fraction", "loader", "shift x (px, E+)",
-        "shift y (px, N+)", "quality", "co-registration", "used", "why not / note",
+        "date", "scenes (STAC Items)", "valid fraction", "loader", "radiometry (rule: pixels)",
+        "shift x (px, E+)", "shift y (px, N+)", "quality", "co-registration", "residual (px)",
+        "geometric refinement (metadata)", "used", "why not / note",
     ]  # fmt: skip
     html = (
         "<h2 id='scenes'>Scenes and co-registration</h2><p class='note'>One row per acquisition "
         "date (Items of the same day are fused). A shift is where that date's content lay "
         "relative to the reference date, in site-grid pixels, east and north positive; it was "
         "removed before detection. A date is used when the loader kept it and co-registration "
-        "did not fail.</p>" + table(headers, rows, sortable=True, table_id="scenes-table")
+        "did not fail. Radiometry: the offset rule the Items' metadata chose, checked against "
+        "the date's dark objects (data/&lt;site&gt;/load.json). Residual: the shift left after "
+        "co-registration; a large one is flagged. Geometric refinement: what the Items say of "
+        "ESA's refinement, where they say it.</p>"
+        + table(headers, rows, sortable=True, table_id="scenes-table")
     )
     return html, used
+
+
+def _radiometry_cell(check: Mapping[str, Any]) -> str | None:
+    """``offset -0.1 (raster:bands): agree`` for the scenes table; None when not checked."""
+    if not check:
+        return None
+    verdict = {True: "pixels agree", False: "PIXELS DISAGREE", None: "pixels cannot tell"}
+    return f"offset {check.get('offset')} ({check.get('rule')}): {verdict[check.get('agrees')]}"
+
+
+def _refinement_cell(geometry: Mapping[str, Any] | None) -> str | None:
+    """Refined / NOT refined / unknown, with the quality figure where the Items give one."""
+    if not geometry:
+        return None
+    refined = geometry.get("refined")
+    text = {True: "refined", False: "NOT refined", None: "unknown"}[refined]
+    if geometry.get("quality") is not None:
+        text += f"; {geometry.get('quality_source')} {geometry.get('quality')}"
+    return text
 
 
 def detections_table(props: Sequence[Mapping[str, Any]]) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from pipeline import catalog, load
+from pipeline import catalog, load, signing
 from pipeline.config import Config, SitePaths, site_paths
 from pipeline.errors import DataError, StageInputError
 from pipeline.io_utils import read_json, write_json, write_text
@@ -79,16 +80,22 @@ def run_load(cfg: Config, site_name: str) -> dict:
     """Load the site's Items onto the site grid and write ``cube.zarr`` and ``load.json``."""
     site, paths = _site(cfg, site_name)
     items = catalog.read_items(_require(paths.items, "search"))
-    cube, report = load.load_site(items, site, cfg.load, network=cfg.network)
-    if cube.sizes.get("time", 0) == 0:
-        raise DataError(
-            f"site {site_name}: every date is mostly cloud or no data "
-            f"(load.min_valid_fraction={cfg.load.min_valid_fraction}): widen the period"
+
+    def load_and_write(signed: list) -> dict:
+        cube, report = load.load_site(signed, site, cfg.load, network=cfg.network)
+        if cube.sizes.get("time", 0) == 0:
+            raise DataError(
+                f"site {site_name}: every date is mostly cloud or no data "
+                f"(load.min_valid_fraction={cfg.load.min_valid_fraction}): widen the period"
+            )
+        cube.attrs["simulated"] = int(
+            any(bool(it.properties.get("basewatch:simulated")) for it in items)
         )
-    cube.attrs["simulated"] = int(
-        any(bool(it.properties.get("basewatch:simulated")) for it in items)
-    )
-    load.write_cube(cube, paths.cube)
+        load.write_cube(cube, paths.cube)
+        return report
+
+    # Signed just before reading (a token from the search may be stale); renewed once on a 403.
+    report = signing.read_signed(load_and_write, items, signing.signer_for(cfg.catalog))
     write_json(paths.load_report, report)
     return report
 
@@ -104,15 +111,47 @@ def run_coregister(cfg: Config, site_name: str) -> dict:
         raise DataError(f"coregister.band '{c.band}' is not in {paths.cube}: pick a loaded band")
     aligned, estimates, ref = coregister.coregister_cube(cube, c)
     dates = [str(np.datetime_as_string(t, unit="D")) for t in cube.time.values]
+    keep = [i for i, e in enumerate(estimates) if e.status != "failed"]
     load.write_cube(aligned, paths.aligned)
+    residual = _residuals(aligned, c, keep.index(ref) if ref in keep else None)
+    records = [{"date": d, **e.to_dict()} for d, e in zip(dates, estimates, strict=True)]
+    for j, i in enumerate(keep):
+        records[i]["residual_px"] = residual[j]
+        records[i]["residual_flag"] = residual[j] is not None and residual[j] > c.max_residual_px
     result = {
         "reference_date": dates[ref],
         "band": c.band,
-        "dates": [{"date": d, **e.to_dict()} for d, e in zip(dates, estimates, strict=True)],
+        "dates": records,
         "failed_dates": [dates[i] for i, e in enumerate(estimates) if e.status == "failed"],
+        "residual_flagged_dates": [r["date"] for r in records if r.get("residual_flag")],
     }
+    for d in result["residual_flagged_dates"]:
+        log.warning(
+            "%s %s: %.2f px left after co-registration (> coregister.max_residual_px %s)",
+            *(site_name, d, records[dates.index(d)]["residual_px"], c.max_residual_px),
+        )
     write_json(paths.coreg, result)
     return result
+
+
+def _residuals(aligned: xr.Dataset, c: Any, ref: int | None) -> list[float | None]:
+    """Shift left between each aligned date and the aligned reference (px), None if unknown."""
+    from pipeline import coregister
+
+    if ref is None or aligned.sizes.get("time", 0) == 0:
+        return [None] * aligned.sizes.get("time", 0)
+    _, again = coregister.coregister_stack(
+        aligned[c.band].astype("float32").values,
+        aligned["valid"].values,
+        reference_index=ref,
+        upsample=c.upsample,
+        max_shift_px=c.max_shift_px,
+        min_valid_fraction=c.min_valid_fraction,
+        min_quality=c.min_quality,
+    )
+    return [
+        round(float(np.hypot(e.shift_x_px, e.shift_y_px)), 4) if e.usable else None for e in again
+    ]
 
 
 def run_detect(cfg: Config, site_name: str) -> int:

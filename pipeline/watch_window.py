@@ -37,12 +37,17 @@ def _load_day(
 ) -> tuple[xr.Dataset | None, dict | None, str | None]:
     """(cube in memory or None when too cloudy, load report, error message or None)."""
     from pipeline import load
+    from pipeline.signing import read_signed, signer_for
+
+    def read(signed: list[pystac.Item]) -> tuple[xr.Dataset | None, dict]:
+        cube, report = load.load_site(signed, site, cfg.load, cfg.network)
+        if cube.sizes.get("time", 0) == 0:
+            return None, report
+        return load.compute_cube(cube, signed, f"load {site.name}"), report
 
     try:
-        cube, report = load.load_site(items, site, cfg.load, cfg.network)
-        if cube.sizes.get("time", 0) == 0:
-            return None, report, None
-        return load.compute_cube(cube, items, f"load {site.name}"), report, None
+        cube, report = read_signed(read, items, signer_for(cfg.catalog))
+        return cube, report, None
     except (DataError, CatalogError) as exc:
         return None, None, catalog.redact_text(str(exc))
 

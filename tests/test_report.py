@@ -309,3 +309,64 @@ def test_dvc_plots_show_renders_the_report_tables(tmp_path: Path) -> None:
         text=True, timeout=120,
     )  # fmt: skip
     assert (tmp_path / "html" / "index.html").is_file(), html.stderr
+
+
+def test_scenes_table_shows_the_date_checks_and_flags() -> None:
+    from pipeline.report_html import scenes_section
+
+    load_report = {
+        "dates_kept": ["2024-12-02", "2024-12-05"],
+        "dates_dropped": [],
+        "valid_fraction": {"2024-12-02": 0.9, "2024-12-05": 0.8},
+        "radiometry": {
+            "2024-12-02": {"rule": "raster:bands", "offset": -0.1, "agrees": True},
+            "2024-12-05": {
+                "rule": "raster:bands scale; BOA offset already in the pixels",
+                "offset": 0.0,
+                "agrees": False,
+                "pixels": "no pixel darker than 0.1: the BOA offset is still in the pixels",
+            },
+        },
+        "geometry": {
+            "2024-12-02": {"refined": None},
+            "2024-12-05": {"refined": False, "quality": "PASSED", "quality_source": "q"},
+        },
+    }
+    coreg = {
+        "reference_date": "2024-12-02",
+        "dates": [
+            {"date": "2024-12-02", "status": "ok", "residual_px": 0.0, "residual_flag": False},
+            {"date": "2024-12-05", "status": "shifted", "residual_px": 1.4, "residual_flag": True},
+        ],
+    }
+    html, used = scenes_section([], coreg, load_report)
+    assert used == ["2024-12-02", "2024-12-05"]
+    rows = re.findall(r"<tr>(.*?)</tr>", html, re.S)
+    flagged = next(r for r in rows if "2024-12-05" in r)
+    assert "PIXELS DISAGREE" in flagged and "rule used: raster:bands scale" in flagged
+    assert "LARGE RESIDUAL: 1.4" in flagged and "yes, flagged" in flagged
+    assert "NOT refined; q PASSED" in flagged
+    fine = next(r for r in rows if "2024-12-02" in r)
+    assert "pixels agree" in fine and "unknown" in fine and "flagged" not in fine
+
+
+def test_a_residual_left_after_coregistration_is_measured() -> None:
+    from pipeline.config import CoregisterConfig
+    from pipeline.stages import _residuals
+
+    rng = np.random.default_rng(3)
+    from scipy import ndimage
+
+    base = ndimage.gaussian_filter(rng.normal(size=(96, 96)), 1.5)
+    off = ndimage.shift(base, (0.0, 1.5), order=3, mode="nearest")  # 1.5 px left over
+    nir = np.stack([base, base, off]).astype("float32")
+    aligned = xr.Dataset(
+        {"nir": (("time", "y", "x"), nir), "valid": (("time", "y", "x"), np.ones_like(nir, bool))}
+    )
+    got = _residuals(aligned, CoregisterConfig(), 0)
+    assert got[0] == 0.0 and got[1] is not None and got[1] < 0.05
+    assert (
+        got[2] is not None
+        and abs(got[2] - 1.5) < 0.1
+        and got[2] > CoregisterConfig().max_residual_px
+    )

@@ -12,9 +12,9 @@ From one real date this module makes the dates of a benchmark case:
 - **Removal** (:func:`remove_ships`): a ship's footprint, dilated by :data:`HALO_PX` to take its
   PSF halo, is filled with the water around it, never with a quay (:func:`water_mask`: dark in
   NIR and SWIR, the ships' own halos excluded); a staying ship alongside keeps its pixels. The
-  fill is a smooth surface (normalised Gaussian convolution of the water pixels, at the finest scale that reaches
-  every filled pixel) plus a texture: residuals (pixel minus smooth surface, all bands together)
-  drawn from the water in a ring around the ship.
+  fill is a smooth surface (normalised Gaussian convolution of the water pixels, at the finest
+  scale that reaches every filled pixel) plus a texture: residuals (pixel minus smooth surface,
+  all bands together) drawn from the water in a ring around the ship.
 - **Dates** (:func:`observe`): each date gets its own sub-pixel shift (at most
   :data:`MAX_SHIFT_PX`, cubic spline), gain (:data:`GAIN_RANGE` for the date times 1 +/- 1 % per
   band), haze (an additive field smooth over kilometres, blue-heavy as lambda^-2) and sensor

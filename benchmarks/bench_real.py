@@ -140,6 +140,8 @@ def summarise(port_runs: list[dict]) -> dict[str, Any]:
             ],
         }
         for scope in ("pair", "series"):
+            if fig("basewatch", scope, p) is None:
+                continue
             row: dict[str, Any] = {"port": p, "cases": scope}
             for m in METHODS:
                 f = fig(m, scope, p)

@@ -11,10 +11,9 @@ From one real date this module makes the dates of a benchmark case:
   in column-major order; ships are numbered 1..N in the label raster in annotation order.
 - **Removal** (:func:`remove_ships`): a ship's footprint, dilated by :data:`HALO_PX` to take its
   PSF halo, is filled with the water around it, never with a quay (:func:`water_mask`: dark in
-  NIR and SWIR, the ships' own halos excluded); a staying ship alongside keeps its pixels. The
-  fill is a smooth surface (normalised Gaussian convolution of the water pixels, at the finest
-  scale that reaches every filled pixel) plus a texture: residuals (pixel minus smooth surface,
-  all bands together) drawn from the water in a ring around the ship.
+  NIR and SWIR, :data:`GUARD_PX` beyond the ships' halos); a staying ship alongside keeps its
+  pixels. The fill draws water pixels (all bands together) at random from a ring around the
+  ship: the level, spread and band correlation of the water there.
 - **Dates** (:func:`observe`): each date gets its own sub-pixel shift (at most
   :data:`MAX_SHIFT_PX`, cubic spline), gain (:data:`GAIN_RANGE` for the date times 1 +/- 1 % per
   band), haze (an additive field smooth over kilometres, blue-heavy as lambda^-2) and sensor
@@ -81,6 +80,10 @@ DN_FULL_SCALE = 65535.0
 HALO_PX = 2
 """Dilation (px) of a ship's footprint: its PSF halo on the water goes with it."""
 
+GUARD_PX = 3
+"""Water within this of a dilated footprint is not used to fill (a ship's glow, its wake and
+the mixed pixels of a hull beyond the annotation reach past the halo)."""
+
 RING_PX = 8
 """Width (px) of the ring of water around a removed ship whose texture fills it."""
 
@@ -98,6 +101,9 @@ HAZE_SCALE_PX = 60.0
 
 NOISE_SIGMA = 0.002
 """Sensor noise added to each date (reflectance, 1 sigma, every band)."""
+
+WATER_SPREAD = 4.0
+"""Water is at most this many robust sigmas of the water's NIR and SWIR above their medians."""
 
 MIN_WATER_PX = 200
 """Smallest connected body of dark pixels taken as water."""
@@ -168,7 +174,7 @@ class PortScene:
 def _ground_pixel_m(transform: Affine, shape: tuple[int, int], crs: str) -> float:
     from pyproj import Transformer
 
-    x, y = transform * (shape[1] / 2, shape[0] / 2)
+    x, y = transform @ (shape[1] / 2, shape[0] / 2)
     _, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(x, y)
     step = float(np.sqrt(abs(transform.a * transform.e)))
     return step * float(np.cos(np.radians(lat)))
@@ -310,8 +316,9 @@ def ship_lengths_m(scene: PortScene) -> np.ndarray:
 
 
 def water_mask(bands: np.ndarray, band_names: tuple[str, ...]) -> np.ndarray:
-    """Water pixels: dark in both NIR and SWIR (below each band's Otsu threshold over the scene),
-    in connected bodies of at least :data:`MIN_WATER_PX` (a dark roof is not water). A quay,
+    """Water pixels: dark in both NIR and SWIR (below each band's Otsu threshold over the scene,
+    and within :data:`WATER_SPREAD` robust sigmas of the dark pixels' median), in connected
+    bodies of at least :data:`MIN_WATER_PX` (a dark roof is not water). A quay,
     a pier or a ship is bright in both.
 
     Returns
@@ -325,35 +332,15 @@ def water_mask(bands: np.ndarray, band_names: tuple[str, ...]) -> np.ndarray:
     for name in ("nir", "swir16"):
         band = bands[band_names.index(name)]
         dark &= band < float(threshold_otsu(band[np.isfinite(band)]))
+    for name in ("nir", "swir16"):  # and not the mixed pixels at a quay's edge: within the
+        band = bands[band_names.index(name)]  # water's own spread above its median
+        q25, q50, q75 = np.percentile(band[dark], [25, 50, 75]) if dark.any() else (0, 0, 0)
+        dark &= band < q50 + WATER_SPREAD * (q75 - q25) / 1.349
     labels, n = ndimage.label(dark)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     big = sizes >= MIN_WATER_PX
     big[0] = False
     return big[labels]
-
-
-def _water_surface(
-    bands: np.ndarray, water: np.ndarray, fill: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth water surface (normalised Gaussian convolution of the water pixels, at the finest
-    scale reaching each pixel of ``fill`` or of the water) and the water pixels it covers."""
-    w = water.astype(np.float32)
-    surface = np.full(bands.shape, np.nan, np.float32)
-    todo = fill | water
-    for sigma in (3.0, 6.0, 12.0, 24.0):
-        wn = ndimage.gaussian_filter(w, sigma, truncate=3.0)
-        reach = todo & (wn > 0.05)
-        if reach.any():
-            for b in range(bands.shape[0]):
-                num = ndimage.gaussian_filter(bands[b] * w, sigma, truncate=3.0)
-                surface[b][reach] = num[reach] / wn[reach]
-        todo &= ~reach
-        if not todo.any():
-            break
-    if todo.any():  # far from any water: the scene's median water
-        med = np.median(bands[:, water], axis=1) if water.any() else np.median(bands, axis=(1, 2))
-        surface[:, todo] = med[:, None]
-    return surface, water & np.isfinite(surface).all(axis=0)
 
 
 @dataclass(frozen=True)
@@ -362,23 +349,18 @@ class WaterFill:
 
     footprints: list[np.ndarray]
     """Each ship's mask dilated by :data:`HALO_PX`."""
-    surface: np.ndarray
-    """(B, y, x) smooth water surface (NaN away from water and ships)."""
     water: np.ndarray
-    """(y, x) bool: water pixels (no ship halo) whose residual is known."""
-    residual: np.ndarray
-    """(B, y, x) water minus its smooth surface (the texture), NaN elsewhere."""
+    """(y, x) bool: water pixels that may fill a ship (:func:`water_mask`, at least
+    :data:`GUARD_PX` beyond every dilated footprint)."""
 
 
 def water_fill(scene: PortScene) -> WaterFill:
-    """The water surface and texture around every ship of ``scene`` (see :func:`remove_ships`)."""
+    """The footprints and the water that may fill them (see :func:`remove_ships`)."""
     eight = np.ones((3, 3), bool)
     feet = [ndimage.binary_dilation(m, eight, iterations=HALO_PX) for m in scene.ship_masks]
     all_feet = np.logical_or.reduce(feet) if feet else np.zeros(scene.ships.shape, bool)
-    water = water_mask(scene.bands, scene.band_names) & ~all_feet
-    surface, water_ok = _water_surface(scene.bands, water, all_feet)
-    residual = np.where(water_ok[None], scene.bands - surface, np.nan).astype(np.float32)
-    return WaterFill(feet, surface, water_ok, residual)
+    guard = ndimage.binary_dilation(all_feet, eight, iterations=GUARD_PX)
+    return WaterFill(feet, water_mask(scene.bands, scene.band_names) & ~guard)
 
 
 def remove_ships(
@@ -390,9 +372,10 @@ def remove_ships(
     """The scene's bands with the given ships removed (their footprints filled with water).
 
     Each removed ship's footprint (dilated by :data:`HALO_PX`, less the pixels of ships that
-    stay) gets the smooth water surface plus residuals (all bands of one water pixel together)
-    drawn from the water within :data:`RING_PX` of it (the ring doubled until it holds 30 water
-    pixels).
+    stay) gets water pixels (all bands of one pixel together) drawn at random from the water
+    within :data:`RING_PX` of it (the ring doubled until it holds 30 water pixels): the fill has
+    the level, spread and band correlation of the water right around the ship, not its spatial
+    texture (a ship covers a few hundred pixels; the dates' noise and resampling follow).
 
     Parameters
     ----------
@@ -434,12 +417,9 @@ def remove_ships(
             if ring.sum() >= 30 or ring_px >= 64:
                 break
             ring_px *= 2
-        if ring.any():
-            pool = wf.residual[:, r0:r1, c0:c1][:, ring]
-        else:
-            pool = wf.residual[:, wf.water]
-        draw = rng.integers(0, pool.shape[1], size=rows.size)
-        out[:, rows, cols] = wf.surface[:, rows, cols] + pool[:, draw]
+        pool = scene.bands[:, r0:r1, c0:c1][:, ring] if ring.any() else scene.bands[:, wf.water]
+        values = pool[:, rng.integers(0, pool.shape[1], size=rows.size)]
+        out[:, rows, cols] = values
     return out
 
 

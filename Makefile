@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint format bench clean install
+.PHONY: demo test test-fast lint format bench bench-real clean install
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/bench_core.py
+
+# Real backgrounds (../shared/data: sen2ships ports, OSCD): writes benchmarks/real.json; skips without it.
+bench-real: $(STAMP)
+	@$(BIN)/python benchmarks/bench_real.py --out benchmarks/real.json
 
 clean:
 	rm -rf demo_catalog data reports metrics dvc_plots .dvc/tmp .dvc/cache

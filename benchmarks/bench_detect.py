@@ -41,7 +41,6 @@ import platform
 import sys
 import tempfile
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -108,31 +107,12 @@ def plot_curves(summary: dict, path: Path) -> None:
 
 def oscd_figures(oscd: Path, config: Any) -> dict[str, Any]:
     """Pixel scores of ``basewatch pair --mode area`` and CVA + Otsu on each OSCD city found."""
-    import numpy as np
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
+    from pipeline.pair_eval import oscd_city
 
-    from pipeline.pair import detect_pair, prepare_pair
-    from pipeline.pair_eval import cva_otsu, pixel_scores
-
-    warnings.simplefilter("ignore", NotGeoreferencedWarning)  # the OSCD labels have no CRS
-    out: dict[str, Any] = {}
-    for city in sorted(p.name for p in oscd.iterdir() if (p / "imgs_1").is_dir()):
-        folder = oscd / city
-        with rasterio.open(folder / "cm" / f"{city}-cm.tif") as src:
-            truth = src.read(1) == 2
-        prep = prepare_pair(folder / "imgs_1", folder / "imgs_2", config)
-        mask = detect_pair(prep, config.detect, "area").mask
-        ours = pixel_scores(mask == 1, truth)
-        base = pixel_scores(cva_otsu(prep)[1], truth)
-        out[city] = {
-            "pair_area": ours,
-            "cva_otsu": base,
-            "f1_ratio": round(ours["f1"] / base["f1"], 3) if base["f1"] else None,
-            "shift_px": [round(prep.shift.shift_x_px, 3), round(prep.shift.shift_y_px, 3)],
-            "change_fraction": round(float(np.mean(mask == 1)), 4),
-        }
-    return out
+    return {
+        city: oscd_city(oscd / city, config)
+        for city in sorted(p.name for p in oscd.iterdir() if (p / "imgs_1").is_dir())
+    }
 
 
 ABLATIONS: dict[str, dict[str, str]] = {

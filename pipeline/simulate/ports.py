@@ -1,0 +1,616 @@
+"""Scenes built on a real background: real port scenes with their annotated ships removed or added.
+
+The real scenes are sen2ships exports (one date of a port, Sentinel-2 L2A bands B02, B03, B04,
+B08, B11 as single-band GeoTIFFs in EPSG:3857 at 10 m, uint16, with the ships as COCO RLE masks).
+From one real date this module makes the dates of a benchmark case:
+
+- **Reflectance.** The exports map reflectance 0..1 linearly onto 0..65535 (water ~0.01-0.06,
+  vegetation NIR ~0.2-0.4, saturation at 65535 only on roofs and glint), so reflectance =
+  ``DN / 65535`` (:data:`DN_FULL_SCALE`, the same factor for every band).
+- **Ships** (:func:`decode_rle`, :func:`read_port`): each annotation is an uncompressed COCO RLE
+  in column-major order; ships are numbered 1..N in the label raster in annotation order.
+- **Removal** (:func:`remove_ships`): a ship's footprint, dilated by :data:`HALO_PX` to take its
+  PSF halo, is filled with the water around it, never with a quay (:func:`water_mask`: dark in
+  NIR and SWIR, :data:`GUARD_PX` beyond the ships' halos); a staying ship alongside keeps its
+  pixels. The fill draws water pixels (all bands together) at random from a ring around the
+  ship: the level, spread and band correlation of the water there.
+- **Dates** (:func:`observe`): each date gets its own sub-pixel shift (at most
+  :data:`MAX_SHIFT_PX`, cubic spline), gain (:data:`GAIN_RANGE` for the date times 1 +/- 1 % per
+  band), haze (an additive field smooth over kilometres, blue-heavy as lambda^-2) and sensor
+  noise (:data:`NOISE_SIGMA` reflectance).
+- **Cases** (:func:`pair_cases`, :func:`series_case`): seeded, deterministic; the truth is
+  which ship changed how (and, in a series, at which date).
+
+Read by ``benchmarks/bench_real.py`` and its tests only; nothing on the detection path imports
+this module (the detector never sees the truth).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from scipy import ndimage
+
+__all__ = [
+    "BAND_FILES",
+    "DN_FULL_SCALE",
+    "PairCase",
+    "PortScene",
+    "SeriesCase",
+    "WaterFill",
+    "crop_scene",
+    "decode_rle",
+    "observe",
+    "pair_cases",
+    "read_port",
+    "remove_ships",
+    "series_case",
+    "ship_lengths_m",
+    "water_fill",
+    "water_mask",
+]
+
+BAND_FILES: dict[str, str] = {
+    "blue": "B02",
+    "green": "B03",
+    "red": "B04",
+    "nir": "B08",
+    "swir16": "B11",
+}
+"""Vocabulary band -> file stem of a sen2ships port folder."""
+
+WAVELENGTH_UM: dict[str, float] = {
+    "blue": 0.49,
+    "green": 0.56,
+    "red": 0.665,
+    "nir": 0.842,
+    "swir16": 1.61,
+}
+"""Centre wavelength of each band (haze scales as lambda^-2)."""
+
+DN_FULL_SCALE = 65535.0
+"""Reflectance = DN / this (the exports stretch reflectance 0..1 to the uint16 range)."""
+
+HALO_PX = 2
+"""Dilation (px) of a ship's footprint: its PSF halo on the water goes with it."""
+
+GUARD_PX = 3
+"""Water within this of a dilated footprint is not used to fill (a ship's glow, its wake and
+the mixed pixels of a hull beyond the annotation reach past the halo)."""
+
+RING_PX = 8
+"""Width (px) of the ring of water around a removed ship whose texture fills it."""
+
+MAX_SHIFT_PX = 0.5
+"""Largest sub-pixel shift of a date (length of the shift vector)."""
+
+GAIN_RANGE = 0.05
+"""A date's gain is 1 +/- up to this (and each band 1 +/- 1 % more)."""
+
+HAZE_MAX = 0.015
+"""Largest mean haze of a date in the blue band (reflectance); other bands lambda^-2 less."""
+
+HAZE_SCALE_PX = 60.0
+"""Gaussian sigma (px) of the haze field's spatial variation."""
+
+NOISE_SIGMA = 0.002
+"""Sensor noise added to each date (reflectance, 1 sigma, every band)."""
+
+WATER_SPREAD = 4.0
+"""Water is at most this many robust sigmas of the water's NIR and SWIR above their medians."""
+
+MIN_WATER_PX = 200
+"""Smallest connected body of dark pixels taken as water."""
+
+SERIES_STEP_DAYS = 5
+"""Days between the dates of a series (Sentinel-2 revisit)."""
+
+
+def decode_rle(counts: list[int] | str, size: tuple[int, int] | list[int] | str) -> np.ndarray:
+    """Decode an uncompressed COCO run-length encoding (column-major) to a bool mask.
+
+    Parameters
+    ----------
+    counts
+        Run lengths, alternately background and object, starting with background (a list, or
+        its JSON text ``"[400589, 11, ...]"`` as the sen2ships files store it).
+    size
+        ``(height, width)`` (or its JSON text).
+
+    Returns
+    -------
+    numpy.ndarray
+        (height, width) bool mask.
+
+    Raises
+    ------
+    ValueError
+        When the runs do not add up to ``height x width``.
+    """
+    runs = np.asarray(json.loads(counts) if isinstance(counts, str) else counts, dtype=np.int64)
+    h, w = (int(v) for v in (json.loads(size) if isinstance(size, str) else size))
+    if runs.sum() != h * w:
+        raise ValueError(f"RLE runs add up to {int(runs.sum())} pixels, not {h} x {w}")
+    values = np.zeros(runs.size, dtype=bool)
+    values[1::2] = True
+    flat = np.repeat(values, runs)
+    return flat.reshape((w, h)).T.copy()
+
+
+@dataclass(frozen=True)
+class PortScene:
+    """One real port date: reflectance bands, ship labels and the grid."""
+
+    name: str
+    """Port (folder name)."""
+    bands: np.ndarray
+    """(B, y, x) float32 reflectance, bands in :data:`BAND_FILES` order."""
+    band_names: tuple[str, ...]
+    """Vocabulary names of the first axis."""
+    ships: np.ndarray
+    """(y, x) int32: 0 = no ship, i = ship i (1-based, annotation order; overlaps go to the
+    later annotation)."""
+    ship_masks: list[np.ndarray]
+    """Each ship's own (y, x) bool mask (before any overlap is resolved)."""
+    transform: Affine
+    """Grid transform (pixel corners)."""
+    crs: str
+    """Grid CRS (``EPSG:3857``)."""
+    pixel_size_m: float
+    """Ground size of a pixel (m): the Web Mercator step times cos(latitude)."""
+
+    @property
+    def n_ships(self) -> int:
+        """Number of annotated ships."""
+        return len(self.ship_masks)
+
+
+def _ground_pixel_m(transform: Affine, shape: tuple[int, int], crs: str) -> float:
+    from pyproj import Transformer
+
+    x, y = transform @ (shape[1] / 2, shape[0] / 2)
+    _, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(x, y)
+    step = float(np.sqrt(abs(transform.a * transform.e)))
+    return step * float(np.cos(np.radians(lat)))
+
+
+def read_port(folder: str | Path) -> PortScene:
+    """Read a sen2ships port folder: bands as reflectance and the ship masks.
+
+    Parameters
+    ----------
+    folder
+        ``.../sen2ships/<port>`` with ``B02.tif`` ... ``B11.tif`` and ``<port>_coco.json``.
+
+    Returns
+    -------
+    PortScene
+        The scene.
+
+    Raises
+    ------
+    FileNotFoundError
+        When a band or the annotation file is missing.
+    ValueError
+        When a mask does not match the bands' shape.
+    """
+    folder = Path(folder)
+    arrays = []
+    for stem in BAND_FILES.values():
+        with rasterio.open(folder / f"{stem}.tif") as src:
+            arrays.append(src.read(1).astype(np.float32) / np.float32(DN_FULL_SCALE))
+            transform, crs = src.transform, src.crs.to_string()
+    bands = np.stack(arrays)
+    coco = json.loads((folder / f"{folder.name}_coco.json").read_text())
+    masks = []
+    for ann in coco["annotations"]:
+        seg = ann["segmentation"]
+        m = decode_rle(seg["counts"], seg["size"])
+        if m.shape != bands.shape[1:]:
+            raise ValueError(f"{folder}: a ship mask is {m.shape}, the bands {bands.shape[1:]}")
+        if m.any():
+            masks.append(m)
+    ships = np.zeros(bands.shape[1:], np.int32)
+    for i, m in enumerate(masks, start=1):
+        ships[m] = i
+    return PortScene(
+        name=folder.name,
+        bands=bands,
+        band_names=tuple(BAND_FILES),
+        ships=ships,
+        ship_masks=masks,
+        transform=transform,
+        crs=crs,
+        pixel_size_m=_ground_pixel_m(transform, bands.shape[1:], crs),
+    )
+
+
+def crop_scene(scene: PortScene, max_px: int, margin_px: int = 48) -> tuple[PortScene, dict]:
+    """The scene cut to its ships: their bounding box plus ``margin_px``, and when that holds
+    more than ``max_px`` pixels, the square-ish window of that many pixels holding the most ship
+    pixels (ships cut by its edge are dropped whole; the others keep their order).
+
+    Returns
+    -------
+    tuple
+        The cropped scene and the window (``row0``, ``col0``, ``rows``, ``cols``, ``n_ships``,
+        ``n_ships_dropped``).
+    """
+    ny, nx = scene.ships.shape
+    rows, cols = np.nonzero(scene.ships > 0)
+    if rows.size == 0:
+        r0, r1, c0, c1 = 0, ny, 0, nx
+    else:
+        r0, r1 = max(rows.min() - margin_px, 0), min(rows.max() + margin_px + 1, ny)
+        c0, c1 = max(cols.min() - margin_px, 0), min(cols.max() + margin_px + 1, nx)
+    h, w = r1 - r0, c1 - c0
+    if h * w > max_px:
+        side = int(np.sqrt(max_px))
+        wh, ww = min(h, max(side, max_px // w)), min(w, max(side, max_px // h))
+        ship_px = (scene.ships[r0:r1, c0:c1] > 0).astype(np.int64)
+        csum = np.pad(ship_px.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        best, best_n = (0, 0), -1
+        for i in range(0, h - wh + 1, 8):
+            for j in range(0, w - ww + 1, 8):
+                n = csum[i + wh, j + ww] - csum[i, j + ww] - csum[i + wh, j] + csum[i, j]
+                if n > best_n:
+                    best, best_n = (i, j), n
+        r0, c0 = r0 + best[0], c0 + best[1]
+        r1, c1 = r0 + wh, c0 + ww
+    window = (slice(r0, r1), slice(c0, c1))
+    masks = []
+    for m in scene.ship_masks:
+        inside = m[window]
+        if inside.any() and inside.sum() == m.sum():
+            masks.append(inside.copy())
+    ships = np.zeros((r1 - r0, c1 - c0), np.int32)
+    for i, m in enumerate(masks, start=1):
+        ships[m] = i
+    cropped = PortScene(
+        name=scene.name,
+        bands=scene.bands[:, r0:r1, c0:c1].copy(),
+        band_names=scene.band_names,
+        ships=ships,
+        ship_masks=masks,
+        transform=scene.transform * Affine.translation(c0, r0),
+        crs=scene.crs,
+        pixel_size_m=scene.pixel_size_m,
+    )
+    info = {
+        "row0": int(r0),
+        "col0": int(c0),
+        "rows": int(r1 - r0),
+        "cols": int(c1 - c0),
+        "n_ships": len(masks),
+        "n_ships_dropped": scene.n_ships - len(masks),
+    }
+    return cropped, info
+
+
+def ship_lengths_m(scene: PortScene) -> np.ndarray:
+    """Length (m) of each ship: the major axis of its mask (second moments, as
+    :func:`pipeline.objects.shape_measures` measures objects), at the scene's ground pixel size.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N,) float lengths, ship i at index i - 1.
+    """
+    out = np.zeros(scene.n_ships)
+    for i, m in enumerate(scene.ship_masks):
+        rows, cols = np.nonzero(m)
+        if rows.size < 2:
+            out[i] = scene.pixel_size_m
+            continue
+        cov = np.cov(np.vstack([cols, rows]).astype(float))
+        major = float(np.sqrt(max(np.linalg.eigvalsh(cov)[-1], 0.0)))
+        # a filled L x W rectangle has variance L^2 / 12 along its length; a pixel adds 1
+        out[i] = max(np.sqrt(12.0 * major**2 + 1.0), 1.0) * scene.pixel_size_m
+    return out
+
+
+def water_mask(bands: np.ndarray, band_names: tuple[str, ...]) -> np.ndarray:
+    """Water pixels: dark in both NIR and SWIR (below each band's Otsu threshold over the scene,
+    and within :data:`WATER_SPREAD` robust sigmas of the dark pixels' median), in connected
+    bodies of at least :data:`MIN_WATER_PX` (a dark roof is not water). A quay,
+    a pier or a ship is bright in both.
+
+    Returns
+    -------
+    numpy.ndarray
+        (y, x) bool.
+    """
+    from skimage.filters import threshold_otsu
+
+    dark = np.ones(bands.shape[1:], bool)
+    for name in ("nir", "swir16"):
+        band = bands[band_names.index(name)]
+        dark &= band < float(threshold_otsu(band[np.isfinite(band)]))
+    for name in ("nir", "swir16"):  # and not the mixed pixels at a quay's edge: within the
+        band = bands[band_names.index(name)]  # water's own spread above its median
+        q25, q50, q75 = np.percentile(band[dark], [25, 50, 75]) if dark.any() else (0, 0, 0)
+        dark &= band < q50 + WATER_SPREAD * (q75 - q25) / 1.349
+    labels, n = ndimage.label(dark)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    big = sizes >= MIN_WATER_PX
+    big[0] = False
+    return big[labels]
+
+
+@dataclass(frozen=True)
+class WaterFill:
+    """What filling any ship of a scene needs, computed once per scene."""
+
+    footprints: list[np.ndarray]
+    """Each ship's mask dilated by :data:`HALO_PX`."""
+    water: np.ndarray
+    """(y, x) bool: water pixels that may fill a ship (:func:`water_mask`, at least
+    :data:`GUARD_PX` beyond every dilated footprint)."""
+
+
+def water_fill(scene: PortScene) -> WaterFill:
+    """The footprints and the water that may fill them (see :func:`remove_ships`)."""
+    eight = np.ones((3, 3), bool)
+    feet = [ndimage.binary_dilation(m, eight, iterations=HALO_PX) for m in scene.ship_masks]
+    all_feet = np.logical_or.reduce(feet) if feet else np.zeros(scene.ships.shape, bool)
+    guard = ndimage.binary_dilation(all_feet, eight, iterations=GUARD_PX)
+    return WaterFill(feet, water_mask(scene.bands, scene.band_names) & ~guard)
+
+
+def remove_ships(
+    scene: PortScene,
+    ship_ids: list[int] | np.ndarray,
+    rng: np.random.Generator,
+    fill: WaterFill | None = None,
+) -> np.ndarray:
+    """The scene's bands with the given ships removed (their footprints filled with water).
+
+    Each removed ship's footprint (dilated by :data:`HALO_PX`, less the pixels of ships that
+    stay) gets water pixels (all bands of one pixel together) drawn at random from the water
+    within :data:`RING_PX` of it (the ring doubled until it holds 30 water pixels): the fill has
+    the level, spread and band correlation of the water right around the ship, not its spatial
+    texture (a ship covers a few hundred pixels; the dates' noise and resampling follow).
+
+    Parameters
+    ----------
+    scene
+        The real scene.
+    ship_ids
+        1-based ships to remove.
+    rng
+        Source of the texture draws.
+    fill
+        :func:`water_fill` of the scene (computed here if None).
+
+    Returns
+    -------
+    numpy.ndarray
+        (B, y, x) float32 bands; unchanged outside the removed ships' dilated footprints.
+    """
+    out = scene.bands.copy()
+    ids = sorted(int(i) for i in ship_ids)
+    if not ids:
+        return out
+    wf = fill or water_fill(scene)
+    eight = np.ones((3, 3), bool)
+    staying = (scene.ships > 0) & ~np.isin(scene.ships, ids)  # a ship alongside keeps its pixels
+    done = np.zeros(scene.ships.shape, bool)
+    ny, nx = scene.ships.shape
+    for i in ids:
+        f = wf.footprints[i - 1] & ~staying & ~done  # a pixel is filled once
+        done |= f
+        rows, cols = np.nonzero(f)
+        if rows.size == 0:
+            continue
+        ring_px = RING_PX
+        while True:
+            r0, r1 = max(rows.min() - ring_px, 0), min(rows.max() + ring_px + 1, ny)
+            c0, c1 = max(cols.min() - ring_px, 0), min(cols.max() + ring_px + 1, nx)
+            ring = ndimage.binary_dilation(f[r0:r1, c0:c1], eight, iterations=ring_px)
+            ring &= wf.water[r0:r1, c0:c1]
+            if ring.sum() >= 30 or ring_px >= 64:
+                break
+            ring_px *= 2
+        pool = scene.bands[:, r0:r1, c0:c1][:, ring] if ring.any() else scene.bands[:, wf.water]
+        values = pool[:, rng.integers(0, pool.shape[1], size=rows.size)]
+        out[:, rows, cols] = values
+    return out
+
+
+def _haze_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A smooth positive field of mean 1 (between about 0.5 and 1.5)."""
+    coarse = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), HAZE_SCALE_PX)
+    coarse = coarse / max(float(np.abs(coarse).max()), 1e-9)
+    return (1.0 + 0.5 * coarse).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class DateEffects:
+    """What :func:`observe` did to one date (reported with the case)."""
+
+    shift_px: tuple[float, float]
+    """(x, y) shift applied (px)."""
+    gain: tuple[float, ...]
+    """Gain per band."""
+    haze_blue: float
+    """Mean haze added to the blue band (reflectance)."""
+
+    def to_dict(self) -> dict:
+        """JSON-ready."""
+        return {
+            "shift_px": [round(v, 4) for v in self.shift_px],
+            "gain": [round(g, 4) for g in self.gain],
+            "haze_blue": round(self.haze_blue, 5),
+        }
+
+
+def observe(
+    bands: np.ndarray, band_names: tuple[str, ...], rng: np.random.Generator
+) -> tuple[np.ndarray, DateEffects]:
+    """One date's observation of a scene: shift, gain, haze and sensor noise.
+
+    Parameters
+    ----------
+    bands
+        (B, y, x) reflectance of the scene as it is that date.
+    band_names
+        Vocabulary names of the bands.
+    rng
+        Source of the date's draws.
+
+    Returns
+    -------
+    tuple
+        (B, y, x) float32 observed reflectance and the effects drawn.
+    """
+    angle = rng.uniform(0, 2 * np.pi)
+    length = rng.uniform(0.1, MAX_SHIFT_PX)
+    sx, sy = float(length * np.cos(angle)), float(length * np.sin(angle))
+    date_gain = 1.0 + rng.uniform(-GAIN_RANGE, GAIN_RANGE)
+    gains = date_gain * (1.0 + rng.uniform(-0.01, 0.01, size=len(band_names)))
+    haze = rng.uniform(0.0, HAZE_MAX)
+    field_ = _haze_field(bands.shape[1:], rng)
+    out = np.empty(bands.shape, np.float32)
+    for b, name in enumerate(band_names):
+        moved = ndimage.shift(bands[b], (sy, sx), order=3, mode="nearest")
+        scale = (WAVELENGTH_UM["blue"] / WAVELENGTH_UM[name]) ** 2
+        noisy = moved * gains[b] + haze * scale * field_
+        noisy += rng.normal(0.0, NOISE_SIGMA, size=noisy.shape)
+        out[b] = noisy
+    return out, DateEffects((sx, sy), tuple(float(g) for g in gains), float(haze))
+
+
+@dataclass
+class PairCase:
+    """Two dates of a real port and which ships changed between them."""
+
+    port: str
+    """Port."""
+    name: str
+    """``all_removed``, ``half_removed`` or ``arrivals``."""
+    before: np.ndarray
+    """(B, y, x) float32 observed before date."""
+    after: np.ndarray
+    """(B, y, x) float32 observed after date."""
+    changes: dict[int, str]
+    """Ship id -> ``removed`` or ``appeared``; ships absent from it stayed (or were never
+    there on either date)."""
+    present: dict[int, tuple[bool, bool]]
+    """Ship id -> present (before, after)."""
+    effects: list[DateEffects] = field(default_factory=list)
+    """The two dates' effects."""
+
+
+def pair_cases(scene: PortScene, seed: int) -> list[PairCase]:
+    """The three pair cases of a port (seeded, deterministic).
+
+    - ``all_removed``: before = the real scene, after = every ship removed;
+    - ``half_removed``: before = the real scene, after = a random half of the ships removed;
+    - ``arrivals``: before = a random half removed, after = the real scene (they appear).
+
+    Parameters
+    ----------
+    scene
+        The real port scene.
+    seed
+        Seed of every draw.
+
+    Returns
+    -------
+    list of PairCase
+        The three cases.
+    """
+    rng = np.random.default_rng(seed)
+    wf = water_fill(scene)
+    ids = np.arange(1, scene.n_ships + 1)
+    half_a = sorted(rng.choice(ids, size=len(ids) // 2, replace=False).tolist())
+    half_b = sorted(rng.choice(ids, size=len(ids) // 2, replace=False).tolist())
+    plans = [
+        ("all_removed", [], ids.tolist()),
+        ("half_removed", [], half_a),
+        ("arrivals", half_b, []),
+    ]
+    cases = []
+    for name, gone_before, gone_after in plans:
+        before_scene = remove_ships(scene, gone_before, rng, wf)
+        after_scene = remove_ships(scene, gone_after, rng, wf)
+        b_obs, b_eff = observe(before_scene, scene.band_names, rng)
+        a_obs, a_eff = observe(after_scene, scene.band_names, rng)
+        present = {int(i): (i not in gone_before, i not in gone_after) for i in ids}
+        changes = {
+            i: ("removed" if pb else "appeared") for i, (pb, pa) in present.items() if pb != pa
+        }
+        cases.append(PairCase(scene.name, name, b_obs, a_obs, changes, present, [b_eff, a_eff]))
+    return cases
+
+
+@dataclass
+class SeriesCase:
+    """A series of dates of a real port in which each ship leaves, arrives or stays."""
+
+    port: str
+    """Port."""
+    dates: list[str]
+    """ISO dates, :data:`SERIES_STEP_DAYS` apart."""
+    stack: np.ndarray
+    """(T, B, y, x) float32 observed dates."""
+    events: dict[int, tuple[str, int]]
+    """Ship id -> (``removed`` or ``appeared``, index of the first date it is absent or
+    present); ships that stay are not in it."""
+    present: np.ndarray
+    """(T, N) bool: ship i (column i - 1) present at each date."""
+    effects: list[DateEffects] = field(default_factory=list)
+    """Each date's effects."""
+
+
+def series_case(
+    scene: PortScene, seed: int, n_dates: int = 7, start: str = "2024-01-01"
+) -> SeriesCase:
+    """A series of ``n_dates`` dates in which every ship leaves at one date, arrives at one
+    date or stays (a third each, drawn per ship; the change date uniform over dates 1..T-1).
+
+    Parameters
+    ----------
+    scene
+        The real port scene.
+    seed
+        Seed of every draw.
+    n_dates
+        Number of dates (6-8 in the benchmark).
+    start
+        First date (ISO).
+
+    Returns
+    -------
+    SeriesCase
+        The observed series and its truth.
+    """
+    rng = np.random.default_rng(seed)
+    wf = water_fill(scene)
+    n = scene.n_ships
+    fate = rng.integers(0, 3, size=n)  # 0 stays, 1 leaves, 2 arrives
+    when = rng.integers(1, n_dates, size=n)
+    present = np.ones((n_dates, n), bool)
+    events: dict[int, tuple[str, int]] = {}
+    for i in range(n):
+        if fate[i] == 1:
+            present[when[i] :, i] = False
+            events[i + 1] = ("removed", int(when[i]))
+        elif fate[i] == 2:
+            present[: when[i], i] = False
+            events[i + 1] = ("appeared", int(when[i]))
+    t0 = dt.date.fromisoformat(start)
+    dates = [(t0 + dt.timedelta(days=SERIES_STEP_DAYS * t)).isoformat() for t in range(n_dates)]
+    stack = np.empty((n_dates, *scene.bands.shape), np.float32)
+    effects = []
+    for t in range(n_dates):
+        absent = (np.nonzero(~present[t])[0] + 1).tolist()
+        stack[t], eff = observe(remove_ships(scene, absent, rng, wf), scene.band_names, rng)
+        effects.append(eff)
+    return SeriesCase(scene.name, dates, stack, events, present, effects)

@@ -130,29 +130,23 @@ def series_cube(case: SeriesCase, scene: PortScene) -> xr.Dataset:
         for b, name in enumerate(scene.band_names)
     }
     data["valid"] = (("time", "y", "x"), np.isfinite(case.stack).all(axis=1))
+    # the ports are clear Level-2A scenes: their SCL (not exported with them) flags no cloud
+    data["scl"] = (("time", "y", "x"), np.full(case.stack[:, 0].shape, SCL_WATER, np.uint8))
     return xr.Dataset(data, coords=coords, attrs={"crs": scene.crs, "site": scene.name})
 
 
+SCL_WATER = 6
+"""SCL class of every pixel of a series case's clear dates (any clear class would do)."""
+
+
 def coregister_cube(cube: xr.Dataset, cfg: Config) -> tuple[xr.Dataset, list[dict]]:
-    """Co-register a cube as the ``coregister`` stage does (one reference date, the stage's
-    shift application); returns the aligned cube and each date's estimate.
-
-    The one place to switch to the shared co-register-a-stack function when it lands.
-    """
+    """Co-register a cube with the project's one co-register-a-stack function
+    (:func:`pipeline.coregister.coregister_cube`, as the ``coregister`` stage and ``basewatch
+    series`` do); returns the aligned cube and each date's estimate."""
     from pipeline import coregister
-    from pipeline.stages import _apply_shifts
 
-    c = cfg.coregister
-    _ref, estimates = coregister.coregister_stack(
-        cube[c.band].astype("float32").values,
-        cube["valid"].values,
-        upsample=c.upsample,
-        max_shift_px=c.max_shift_px,
-        min_valid_fraction=c.min_valid_fraction,
-        min_quality=c.min_quality,
-    )
-    keep = [i for i, e in enumerate(estimates) if e.status != "failed"]
-    return _apply_shifts(cube, estimates, keep), [e.to_dict() for e in estimates]
+    aligned, estimates, _ = coregister.coregister_cube(cube, cfg.coregister)
+    return aligned, [e.to_dict() for e in estimates]
 
 
 def run_series_case(

@@ -70,6 +70,7 @@ def main(
     configure_logging(level, json_logs=log_json, stream=sys.stderr)
     set_progress_enabled(not quiet)
     _state["config_path"] = config
+    _state["config"] = None  # loaded afresh by each invocation (several run in one process)
     _state["debug"] = debug
 
 

@@ -371,6 +371,15 @@ class DetectConfig(_Strict):
         "this many times their spread apart (noise units); each view is then compared with "
         "the nearer surface.",
     )
+    sign_water_ndwi: float | None = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="A changed pixel one of whose views is open water (normalised difference "
+        "water index (green - nir) / (green + nir) above this, McFeeters' usual 0) and the other "
+        "not, with less near infrared in the water view, is signed by it: the water view is the "
+        "empty one (nothing watched is water). null disables.",
+    )
     series_sign_split_fraction: float = Field(
         0.2,
         ge=0,

@@ -291,6 +291,7 @@ def _detect_multidate(
             len(features),
             (transform, crs, zone_raster, zone_names, zone_kinds),
             possible,
+            bands,
         )
         labels_all[t - 1] = labels
         features += feats
@@ -326,6 +327,7 @@ def _detect_multidate(
             labels_all,
             (transform, crs, zone_raster, zone_names, zone_kinds),
             model,
+            bands,
         )
     calibration.add_mask_distance(features, labels_all, ~exc.valid, dates)
     model = calibration.active_model()
@@ -378,11 +380,13 @@ def _objects_at(
     offset: int,
     grid: tuple,
     possible: np.ndarray | None = None,
+    bands: Sequence[str] = (),
 ) -> tuple[list[dict], np.ndarray]:
     """Signed objects of the changes first seen at date ``t`` (labels offset to be global).
 
     ``possible`` (y, x): where the end check may explain a change by the atmosphere
-    (:func:`pipeline.clouds.atmosphere_possible`); None: everywhere."""
+    (:func:`pipeline.clouds.atmosphere_possible`); None: everywhere. ``bands``: names of the
+    views' first axis (for the water rule of :func:`pipeline.onedate.sign_margin`)."""
     seed_thr, grow_thr, min_px = levels
     transform, crs, zone_raster, zone_names, zone_kinds = grid
     n_bands = before.shape[0]
@@ -390,7 +394,7 @@ def _objects_at(
     with np.errstate(invalid="ignore"):
         changed = np.nan_to_num(score, nan=-1.0) >= grow_thr
         quiet = np.nan_to_num(score, nan=np.inf) < chi2.isf(onedate.QUIET_RATE, n_bands)
-    margin = onedate.sign_margin(before, after, changed, quiet, sigma, surface_zones, cfg)
+    margin = onedate.sign_margin(before, after, changed, quiet, sigma, surface_zones, cfg, bands)
     labels, kinds, seed = segment_pair(
         score, margin, seed_thr, grow_thr, min_px, cfg.series_sign_split_fraction, weighted=True
     )

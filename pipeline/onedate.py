@@ -21,7 +21,7 @@ from scipy.stats import chi2
 from pipeline import clouds
 from pipeline.config import DetectConfig
 from pipeline.objects import region_features
-from pipeline.segment import EIGHT, background_margin, surroundings_margin
+from pipeline.segment import EIGHT, background_margin, surroundings_margin, water_margin
 
 QUIET_RATE = 0.1
 """A pixel signs its neighbours' changes only when its own statistic is below the chi-square
@@ -135,8 +135,10 @@ def sign_margin(
     sigma: np.ndarray,
     surface_zones: np.ndarray,
     cfg: DetectConfig,
+    bands: Sequence[str] = (),
 ) -> np.ndarray:
-    """Removal margin of each changed pixel (> 0 removed) by ``cfg.sign_method``.
+    """Removal margin of each changed pixel (> 0 removed) by ``cfg.sign_method``, overruled
+    where one view is open water (:func:`pipeline.segment.water_margin`).
 
     Parameters
     ----------
@@ -150,7 +152,9 @@ def sign_margin(
         (y, x) zones whose own surface carries the objects (:func:`surface_zones`).
     cfg
         ``sign_method``, ``sign_ring_px``, ``sign_window_px``,
-        ``sign_two_surface_separation``.
+        ``sign_two_surface_separation``, ``sign_water_ndwi``.
+    bands
+        Vocabulary names of the first axis; the water rule needs ``green`` and ``nir``.
 
     Returns
     -------
@@ -159,19 +163,31 @@ def sign_margin(
         :func:`pipeline.segment.surroundings_margin`).
     """
     if cfg.sign_method == "ring":
-        return surroundings_margin(before, after, changed, quiet, sigma, cfg.sign_ring_px)
-    ring = cfg.sign_ring_px if cfg.sign_method == "surround" else 0
-    return background_margin(
-        before,
-        after,
-        changed,
-        quiet,
-        sigma,
-        cfg.sign_window_px,
-        surface_zones,
-        ring,
-        cfg.sign_two_surface_separation,
-    )
+        margin = surroundings_margin(before, after, changed, quiet, sigma, cfg.sign_ring_px)
+    else:
+        ring = cfg.sign_ring_px if cfg.sign_method == "surround" else 0
+        margin = background_margin(
+            before,
+            after,
+            changed,
+            quiet,
+            sigma,
+            cfg.sign_window_px,
+            surface_zones,
+            ring,
+            cfg.sign_two_surface_separation,
+        )
+    if cfg.sign_water_ndwi is not None and "green" in bands and "nir" in bands:
+        water = water_margin(
+            before,
+            after,
+            changed,
+            sigma,
+            (list(bands).index("green"), list(bands).index("nir")),
+            cfg.sign_water_ndwi,
+        )
+        margin = np.where(water != 0, water, margin).astype(np.float32)
+    return margin
 
 
 def one_date_objects(
@@ -189,6 +205,7 @@ def one_date_objects(
     labels_all: np.ndarray,
     grid: tuple,
     model: clouds.AtmosphereModel | None = None,
+    bands: Sequence[str] = (),
 ) -> list[dict]:
     """An appearance and a removal for each one-date object (``transient`` = true).
 
@@ -223,6 +240,8 @@ def one_date_objects(
     model
         Atmospheric model: each object's ``atm_unexplained`` (the share of its departure a
         cloud, haze or shadow leaves unexplained); None leaves it out.
+    bands
+        Names of the bands of ``refl`` (for the water rule of :func:`sign_margin`).
 
     Returns
     -------
@@ -251,7 +270,7 @@ def one_date_objects(
         # the neighbours' mean exists on the object only; around it the date's own view is
         # the surroundings (quiet pixels did not change)
         base = np.where(obj[None], base, refl[t])
-        margin = sign_margin(base, refl[t], obj, quiet, sigma, surfaces, cfg)
+        margin = sign_margin(base, refl[t], obj, quiet, sigma, surfaces, cfg, bands)
         ids = np.arange(1, n + 1)
         # margin > 0: the date's view is the better explained = the object is absent that date
         absent = np.asarray(ndimage.sum(margin, regions, ids)) > 0

@@ -363,6 +363,7 @@ def detect_pair(prep: PreparedPair, cfg: DetectConfig, mode: str = "objects") ->
             np.asarray(pc.radiometry.sigma, dtype=np.float64),
             np.zeros(score.shape, np.int32),
             cfg,
+            prep.bands,
         )
     labels, kinds, seed = segment_pair(
         score,

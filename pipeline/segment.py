@@ -499,3 +499,55 @@ def background_margin(
     m = np.nan_to_num(dist[0] - dist[1])
     out[changed] = m[changed]
     return out
+
+
+def water_margin(
+    before: np.ndarray,
+    after: np.ndarray,
+    changed: np.ndarray,
+    sigma: np.ndarray,
+    water_bands: tuple[int, int],
+    ndwi: float,
+) -> np.ndarray:
+    """Removal margin from open water: the view that is water is the empty one.
+
+    Nothing a site watches is water: a ship, an aircraft or a vehicle stands on water or on
+    ground, and open water is always a background. Where exactly one view of a changed pixel
+    is water (McFeeters' normalised difference water index ``(green - nir) / (green + nir)``
+    above ``ndwi``) and that view is also the darker in the near infrared (water absorbs it),
+    the pixel is signed by it, with the whole change as its weight: > 0 (removed) when the
+    after view is the water, < 0 (appeared) when the before view is. This holds where the
+    surroundings cannot tell: a ship in a dock or alongside other ships is as bright as its
+    ring, while the water it leaves is not.
+
+    Parameters
+    ----------
+    before, after
+        (B, y, x) the two views, reflectance.
+    changed
+        (y, x) bool pixels to sign.
+    sigma
+        (B,) noise sigma per band.
+    water_bands
+        Indices of the green and near-infrared bands in the first axis.
+    ndwi
+        Water index above which a view is water.
+
+    Returns
+    -------
+    numpy.ndarray
+        (y, x) float32 margin: ``+-`` the squared change (noise units) where one view is
+        water, 0 elsewhere.
+    """
+    g, n = water_bands
+    with np.errstate(invalid="ignore", divide="ignore"):
+        wb = (before[g] - before[n]) / (before[g] + before[n]) > ndwi
+        wa = (after[g] - after[n]) / (after[g] + after[n]) > ndwi
+        scale = (1.0 / np.asarray(sigma, dtype=np.float64))[:, None, None]
+        change2 = np.nansum(((after - before) * scale) ** 2, axis=0)
+    removed = changed & wa & ~wb & (after[n] < before[n])
+    appeared = changed & wb & ~wa & (before[n] < after[n])
+    out = np.zeros(changed.shape, np.float32)
+    out[removed] = change2[removed]
+    out[appeared] = -change2[appeared]
+    return out

@@ -398,3 +398,68 @@ def test_ships_leaving_a_quay_are_removed_whole_not_split(tmp_path: Path) -> Non
     _, _, _, dets = _outputs(tmp_path / "out")
     kinds = [f["properties"]["kind"] for f in dets["features"]]
     assert kinds.count("removed") == 4 and "appeared" not in kinds, kinds
+
+
+DOCK = np.array((0.12, 0.135, 0.145, 0.16, 0.17, 0.13), dtype=np.float32)
+"""Dock concrete, as bright as the grey hull in every band but one."""
+
+
+def _docks(hull_west: bool, hull_east: bool, seed: int) -> np.ndarray:
+    """(6, N, N) two dock basins cut into concrete of the hull's brightness: each basin holds
+    a hull filling it wall to wall, or water."""
+    rng = np.random.default_rng(seed)
+    world = np.empty((6, N, N), dtype=np.float32)
+    world[:] = DOCK[:, None, None]
+    for (rows, cols), hull in (
+        ((slice(20, 34), slice(15, 45)), hull_west),
+        ((slice(60, 74), slice(50, 80)), hull_east),
+    ):
+        world[:, rows, cols] = (SHIP if hull else WATER)[:, None, None]
+    world *= 1 + 0.01 * rng.standard_normal((1, N, N)).astype(np.float32)
+    return (world + 0.002 * rng.standard_normal(world.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("water_rule", [True, False])
+def test_a_hull_leaving_a_dock_is_removed_where_water_shows(
+    tmp_path: Path, water_rule: bool
+) -> None:
+    """A hull filling its dock is as bright as the concrete around it, so the surroundings
+    explain the before view (the hull) and not the water after: only the water rule (the
+    view that is open water is the empty one) signs the west dock ``removed`` and the east
+    dock, where a hull came in, ``appeared``; without it both come out reversed."""
+    _band_folder(tmp_path / "S2_20240101", _docks(True, False, 1), "T36SYD_20240101")
+    _band_folder(tmp_path / "S2_20240111", _docks(False, True, 2), "T36SYD_20240111")
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text("detect:\n  sign_water_ndwi: " + ("0.0" if water_rule else "null") + "\n")
+    r = CliRunner().invoke(
+        app,
+        [
+            "--config",
+            str(cfg),
+            "pair",
+            "--before",
+            str(tmp_path / "S2_20240101"),
+            "--after",
+            str(tmp_path / "S2_20240111"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert r.exit_code == 0, r.stderr
+    _, _, _, dets = _outputs(tmp_path / "out")
+    west = [f["properties"]["kind"] for f in dets["features"] if _centre_col(f) < 48]
+    east = [f["properties"]["kind"] for f in dets["features"] if _centre_col(f) >= 48]
+    if water_rule:
+        assert west == ["removed"] and east == ["appeared"], (west, east)
+    else:  # the failure the rule fixes, shown so this test would catch losing the rule
+        assert "appeared" in west and "removed" in east, (west, east)
+
+
+def _centre_col(feature: dict) -> float:
+    """Column (px) of a detection's centroid on the test grid."""
+    from pyproj import Transformer
+    from shapely.geometry import shape
+
+    lon, lat = shape(feature["geometry"]).centroid.coords[0]
+    x, _ = Transformer.from_crs(4326, CRS, always_xy=True).transform(lon, lat)
+    return (x - ORIGIN[0]) / 10.0

@@ -200,3 +200,24 @@ def test_removal_leaves_water_like_its_surroundings(port: str) -> None:
                 assert np.percentile(fill_px, 90) <= np.percentile(out[b][wf.water], 99.9)
     assert np.mean(offsets) < 0.35
     assert HALO_PX >= 1
+
+
+def test_a_ship_away_on_several_dates_leaves_the_same_water() -> None:
+    """A series fills an absent ship's footprint from one water map: its pixels do not
+    change between two dates it is away, whichever other ships (sharing pixels of its
+    footprint or not) are away with it."""
+    from pipeline.simulate.ports import remove_ships, water_fill, water_map
+
+    scene = _port("busan")
+    wf = water_fill(scene)
+    water = water_map(scene, np.random.default_rng(0), wf)
+    ids = np.arange(1, scene.n_ships + 1)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        one = int(rng.choice(ids))
+        others = [int(i) for i in rng.choice(ids, size=len(ids) // 2, replace=False)]
+        date_a = remove_ships(scene, [one], rng, wf, water)
+        date_b = remove_ships(scene, sorted({one, *others}), rng, wf, water)
+        foot = wf.footprints[one - 1] & ~((scene.ships > 0) & (scene.ships != one))
+        np.testing.assert_array_equal(date_a[:, foot], date_b[:, foot])
+        assert not np.array_equal(date_a[:, foot], scene.bands[:, foot])  # it was filled

@@ -53,6 +53,7 @@ __all__ = [
     "series_case",
     "ship_lengths_m",
     "water_fill",
+    "water_map",
     "water_mask",
 ]
 
@@ -368,14 +369,15 @@ def remove_ships(
     ship_ids: list[int] | np.ndarray,
     rng: np.random.Generator,
     fill: WaterFill | None = None,
+    water: np.ndarray | None = None,
 ) -> np.ndarray:
     """The scene's bands with the given ships removed (their footprints filled with water).
 
     Each removed ship's footprint (dilated by :data:`HALO_PX`, less the pixels of ships that
-    stay) gets water pixels (all bands of one pixel together) drawn at random from the water
-    within :data:`RING_PX` of it (the ring doubled until it holds 30 water pixels): the fill has
-    the level, spread and band correlation of the water right around the ship, not its spatial
-    texture (a ship covers a few hundred pixels; the dates' noise and resampling follow).
+    stay) gets the water of :func:`water_map`: pixels (all bands of one pixel together) drawn
+    at random from the water around the ship: the fill has the level, spread and band
+    correlation of the water right around the ship, not its spatial texture (a ship covers a
+    few hundred pixels; the dates' noise and resampling follow).
 
     Parameters
     ----------
@@ -384,9 +386,15 @@ def remove_ships(
     ship_ids
         1-based ships to remove.
     rng
-        Source of the texture draws.
+        Source of the texture draws (when ``water`` is None).
     fill
         :func:`water_fill` of the scene (computed here if None).
+    water
+        A :func:`water_map` of the scene to take the fill from. A series passes one map for
+        all its dates, so that a footprint left empty is as still from date to date as the
+        rest of the real scene (water drawn afresh at every date, or a pixel two footprints
+        share filled by whichever ship is away, would be a change that no event explains).
+        None: one is drawn for these ships.
 
     Returns
     -------
@@ -398,29 +406,81 @@ def remove_ships(
     if not ids:
         return out
     wf = fill or water_fill(scene)
-    eight = np.ones((3, 3), bool)
+    if water is None:
+        water = water_map(scene, rng, wf, ids)
     staying = (scene.ships > 0) & ~np.isin(scene.ships, ids)  # a ship alongside keeps its pixels
-    done = np.zeros(scene.ships.shape, bool)
-    ny, nx = scene.ships.shape
-    for i in ids:
-        f = wf.footprints[i - 1] & ~staying & ~done  # a pixel is filled once
-        done |= f
-        rows, cols = np.nonzero(f)
-        if rows.size == 0:
-            continue
-        ring_px = RING_PX
-        while True:
-            r0, r1 = max(rows.min() - ring_px, 0), min(rows.max() + ring_px + 1, ny)
-            c0, c1 = max(cols.min() - ring_px, 0), min(cols.max() + ring_px + 1, nx)
-            ring = ndimage.binary_dilation(f[r0:r1, c0:c1], eight, iterations=ring_px)
-            ring &= wf.water[r0:r1, c0:c1]
-            if ring.sum() >= 30 or ring_px >= 64:
-                break
-            ring_px *= 2
-        pool = scene.bands[:, r0:r1, c0:c1][:, ring] if ring.any() else scene.bands[:, wf.water]
-        values = pool[:, rng.integers(0, pool.shape[1], size=rows.size)]
-        out[:, rows, cols] = values
+    gone = np.logical_or.reduce([wf.footprints[i - 1] for i in ids]) & ~staying
+    out[:, gone] = water[:, gone]
     return out
+
+
+def water_map(
+    scene: PortScene,
+    rng: np.random.Generator,
+    fill: WaterFill | None = None,
+    ship_ids: list[int] | None = None,
+) -> np.ndarray:
+    """The scene with the footprint of every ship (or of ``ship_ids``) filled with water.
+
+    Each footprint pixel gets water drawn from within :data:`RING_PX` of its ship (the ring
+    doubled until it holds 30 water pixels); a pixel of two footprints, from the ship of the
+    lower id.
+
+    Parameters
+    ----------
+    scene
+        The real scene.
+    rng
+        Source of the draws.
+    fill
+        :func:`water_fill` of the scene (computed here if None).
+    ship_ids
+        1-based ships whose footprints to fill; None: all.
+
+    Returns
+    -------
+    numpy.ndarray
+        (B, y, x) float32.
+    """
+    wf = fill or water_fill(scene)
+    out = scene.bands.copy()
+    done = np.zeros(scene.ships.shape, bool)
+    ids = range(1, scene.n_ships + 1) if ship_ids is None else sorted(ship_ids)
+    for i in ids:
+        foot = wf.footprints[i - 1]
+        f = foot & ~done
+        done |= f
+        if not f.any():
+            continue
+        rows, cols = np.nonzero(f)
+        out[:, rows, cols] = _draw_water(scene, wf, foot, rows, cols, rng)
+    return out
+
+
+def _draw_water(
+    scene: PortScene,
+    wf: WaterFill,
+    foot: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(B, n) water pixels drawn for the ``n`` pixels of one footprint (see
+    :func:`remove_ships`)."""
+    eight = np.ones((3, 3), bool)
+    ny, nx = foot.shape
+    fr, fc = np.nonzero(foot)
+    ring_px = RING_PX
+    while True:
+        r0, r1 = max(fr.min() - ring_px, 0), min(fr.max() + ring_px + 1, ny)
+        c0, c1 = max(fc.min() - ring_px, 0), min(fc.max() + ring_px + 1, nx)
+        ring = ndimage.binary_dilation(foot[r0:r1, c0:c1], eight, iterations=ring_px)
+        ring &= wf.water[r0:r1, c0:c1]
+        if ring.sum() >= 30 or ring_px >= 64:
+            break
+        ring_px *= 2
+    pool = scene.bands[:, r0:r1, c0:c1][:, ring] if ring.any() else scene.bands[:, wf.water]
+    return pool[:, rng.integers(0, pool.shape[1], size=rows.size)]
 
 
 def _haze_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -609,8 +669,9 @@ def series_case(
     dates = [(t0 + dt.timedelta(days=SERIES_STEP_DAYS * t)).isoformat() for t in range(n_dates)]
     stack = np.empty((n_dates, *scene.bands.shape), np.float32)
     effects = []
+    water = water_map(scene, rng, wf)  # a ship's water, the same at every date it is away
     for t in range(n_dates):
         absent = (np.nonzero(~present[t])[0] + 1).tolist()
-        stack[t], eff = observe(remove_ships(scene, absent, rng, wf), scene.band_names, rng)
+        stack[t], eff = observe(remove_ships(scene, absent, rng, wf, water), scene.band_names, rng)
         effects.append(eff)
     return SeriesCase(scene.name, dates, stack, events, present, effects)

@@ -1,4 +1,4 @@
-"""Benchmark of ``basewatch align`` (pipeline.align.align_files) on generated GeoTIFF pairs.
+"""Benchmark of ``basewatch align`` (pipeline.stages.align.align_files) on generated GeoTIFF pairs.
 
 Each pair is a textured scene written as two GeoTIFFs on DIFFERENT grids (the target's origin is
 moved by a whole number of pixels and its size differs), the target's content displaced by a known
@@ -21,7 +21,7 @@ import rasterio
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from pipeline.align import align_files
+from pipeline.stages.align import align_files
 
 
 def _scene(rng: np.random.Generator, n: int) -> np.ndarray:

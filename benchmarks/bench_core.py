@@ -6,18 +6,18 @@ Run from the project root (``make bench``; about 5 minutes on 2 shared cores)::
 
 Each run is one (size, dates) configuration, measured in a fresh subprocess (so its peak
 resident memory, ``VmHWM``, is its own) on generated data
-(:class:`pipeline.tile_synth.SyntheticStack`: land-cover scene, per-date gain/offset, noise,
+(:class:`pipeline.simulate.tile.SyntheticStack`: land-cover scene, per-date gain/offset, noise,
 clouds and one planted object per 256 x 256 px, each removed or appeared at one date):
 
 1. **Stage.** After a warm-up (the same stage on a 64 x 64 stack: imports, numba kernels
-   compiled or loaded from the cache), :func:`pipeline.tile.detect_tile` over the whole
+   compiled or loaded from the cache), :func:`pipeline.stages.tile.detect_tile` over the whole
    ``size`` x ``size`` x 4-band x ``dates`` stack, read lazily window by window (it is never
    held: 24 dates of a full tile are 46 GB of float32), 1024 px chunks, dask threads (2).
    ``seconds`` is its wall time, ``peak_rss_mb`` the process peak right after it. ``recall``
    counts the planted changes found with the right sign.
 2. **Core.** Then, in the same process, after a warm-up, the fused change core
-   (:func:`pipeline.fastcore.change_core`, full noise model as the stage runs it) on the stage's
-   last date pair over a 4096 x 4096 window (a smaller grid is tiled up to it, so that the
+   (:func:`pipeline.kernels.scale.fused.change_core`, full noise model as the stage runs it) on the
+   stage's last date pair over a 4096 x 4096 window (a smaller grid is tiled up to it, so that the
    inputs, 600 MB, stream from memory and not from the L3 cache): the before view is the
    last valid view carried through all earlier dates (streamed as the stage does), with the
    stage's own parameters. ``copy_gbps`` = input bytes (both views, both masks, the
@@ -27,8 +27,8 @@ clouds and one planted object per 256 x 256 px, each removed or appeared at one 
    reported (``core_threads``; both are kept: ``core_gbps_1thread``); ``ratio_to_copy`` =
    their ratio. ``ratio_to_copy_1thread_no_stencil``: the per-pixel statistic alone (no
    registration/resampling noise stencil). ``speedup_vs_reference`` = time of the plain xarray
-   reference (:func:`pipeline.fastcore_ref.change_core_reference`, same inputs, same math,
-   unfused) over the fused core's on one thread, on a 2048 x 2048 window; for that window
+   reference (:func:`pipeline.kernels.scale.reference.change_core_reference`, same inputs, same
+   math, unfused) over the fused core's on one thread, on a 2048 x 2048 window; for that window
    ``reference_gbps``/``reference_ratio_to_copy`` and the peak of memory each allocates
    while it runs (``tracemalloc``: ``reference_peak_alloc_mb``, ``core_peak_alloc_mb``).
 
@@ -54,7 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.io_utils import write_json  # noqa: E402
+from pipeline.io.atomic import write_json  # noqa: E402
 
 SIZES = (1024, 2048, 4096, 10980)
 """Grid sides (px) of the runs."""
@@ -145,8 +145,8 @@ def recall(stack: Any, features: list[dict]) -> float:
 
 def last_pair(stack: Any, size: int, params: list[Any]) -> tuple[np.ndarray, ...]:
     """Inputs of the last pair's core over the top-left ``size`` window, streamed as the stage."""
-    from pipeline.fastcore import update_last_view
-    from pipeline.tile_read import read_window
+    from pipeline.io.tile_read import read_window
+    from pipeline.kernels.scale.fused import update_last_view
 
     win = (slice(0, size), slice(0, size))
     prev, prev_ok = read_window(stack, 0, *win)
@@ -162,10 +162,10 @@ def last_pair(stack: Any, size: int, params: list[Any]) -> tuple[np.ndarray, ...
 def child(size: int, dates: int, seed: int) -> dict[str, Any]:
     """One run (see the module docstring), in this process."""
     from pipeline.config import DetectConfig
-    from pipeline.fastcore import change_core
-    from pipeline.fastcore_ref import change_core_reference
-    from pipeline.tile import detect_tile
-    from pipeline.tile_synth import SyntheticStack
+    from pipeline.kernels.scale.fused import change_core
+    from pipeline.kernels.scale.reference import change_core_reference
+    from pipeline.simulate.tile import SyntheticStack
+    from pipeline.stages.tile import detect_tile
 
     cfg = DetectConfig()
     warm = SyntheticStack((64, 64), 2, seed=seed, object_spacing_px=32, period_px=61)

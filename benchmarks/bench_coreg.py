@@ -15,8 +15,8 @@ a vegetation layer for seasonal change, then a small Gaussian PSF. Conditions:
 - ``cloud_0_40``: as ``noise_gain`` plus 0-40 % of the target under masked cloud;
 - ``seasonal``: as ``noise_gain`` plus a vegetation layer that greens between the dates;
 - ``local_affine``: 512 x 512, rotation +-0.05 degrees, scale 1.0005 and a shift, with noise
-  and gain; the local model (:func:`pipeline.coregister_local.estimate_local`) is scored over
-  every pixel against the true displacement field (the global shift alone is scored too).
+  and gain; the local model (:func:`pipeline.kernels.coregister.local.estimate_local`) is scored
+  over every pixel against the true displacement field (the global shift alone is scored too).
 
 Shifts are uniform in [-3, 3] px per axis. Errors are the length of the (x, y) error vector,
 in pixels; reported as RMSE and 95th percentile per condition, with the verdict counts.
@@ -40,8 +40,8 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.coregister import estimate_shift
-from pipeline.coregister_local import AffineModel, estimate_local
+from pipeline.kernels.coregister.local import AffineModel, estimate_local
+from pipeline.kernels.coregister.shift import estimate_shift
 
 GLOBAL_SHAPE = (256, 256)
 """Size of the pairs of the global conditions."""
@@ -306,7 +306,7 @@ def speed(seed: int) -> dict[str, Any]:
     """Speed of the global estimate, the tie-point grid and the resampling (wall and CPU s)."""
     import dask.array as da
 
-    from pipeline.coregister_local import apply_affine
+    from pipeline.kernels.coregister.local import apply_affine
 
     pair = make_pair(seed, "local_affine")  # 512 x 512
     args = (pair.reference, pair.target, pair.reference_valid, pair.target_valid)

@@ -6,9 +6,9 @@ Run from the project root (prints one JSON object; about 2-3 minutes on 2 cores)
         [--plot docs/img/detectability.png] [--oscd ../shared/data/oscd]
         [--set KEY=VALUE ...] [--ablation]
 
-The sweep (:mod:`pipeline.sweep`, scenes from :mod:`pipeline.sweep_scene`) generates small
-time series of 8 dates with planted objects of 10 to 130 m that are removed, appear, or stay,
-under clouds (0-30 % per date on average, thin edges beyond the mask, shadows),
+The sweep (:mod:`pipeline.evaluation.sweep`, scenes from :mod:`pipeline.simulate.sweep_scene`)
+generates small time series of 8 dates with planted objects of 10 to 130 m that are removed, appear,
+or stay, under clouds (0-30 % per date on average, thin edges beyond the mask, shadows),
 misregistration before co-registration (0-0.5 px, and 1 px), three contrasts with the
 background, seasonal vegetation and now and then a wet apron. Each scene is co-registered and
 detected by the project's own stages (``detect`` parameters from ``configs/params.yaml``); the
@@ -50,7 +50,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import CoregisterConfig, DetectConfig, load_config
-from pipeline.sweep import default_plan, run_scenario, summarise
+from pipeline.evaluation.sweep import default_plan, run_scenario, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def plot_curves(summary: dict, path: Path) -> None:
 
 def oscd_figures(oscd: Path, config: Any) -> dict[str, Any]:
     """Pixel scores of ``basewatch pair --mode area`` and CVA + Otsu on each OSCD city found."""
-    from pipeline.pair_eval import oscd_city
+    from pipeline.evaluation.pair import oscd_city
 
     return {
         city: oscd_city(oscd / city, config)

@@ -7,8 +7,8 @@ Run from the project root (``make bench-real``; about 8-10 minutes on 2 cores)::
 
 Built only from ``../shared/data`` (the sen2ships ports and the OSCD cities); without it, prints
 one JSON line saying why and exits 0, writing nothing. For each port
-(:mod:`pipeline.simulate.ports` makes the cases, :mod:`pipeline.ports_bench` runs them,
-:mod:`pipeline.ports_eval` scores them):
+(:mod:`pipeline.simulate.ports` makes the cases, :mod:`pipeline.evaluation.ports_bench` runs them,
+:mod:`pipeline.evaluation.ports` scores them):
 
 - the scene is cut to its ships (bounding box + 48 px, at most :data:`MAX_PX` pixels: the
   window with the most ship pixels; ships it cuts are dropped and counted in ``crop``);
@@ -60,7 +60,7 @@ def run_port(args: tuple[str, int, tuple[str, ...], str | None]) -> dict[str, An
     """Every case of one port through basewatch and the baseline; counts per case."""
     port, seed, parts, config_path = args
     from pipeline.config import load_config
-    from pipeline.ports_bench import area_km2, run_pair_case, run_series_case
+    from pipeline.evaluation.ports_bench import area_km2, run_pair_case, run_series_case
     from pipeline.simulate.ports import crop_scene, pair_cases, read_port, series_case
 
     cfg = load_config(config_path)
@@ -105,7 +105,7 @@ def run_port(args: tuple[str, int, tuple[str, ...], str | None]) -> dict[str, An
 
 def summarise(port_runs: list[dict]) -> dict[str, Any]:
     """Pooled figures: per port and in total, pair and series apart and together."""
-    from pipeline.ports_eval import add_counts, ratios
+    from pipeline.evaluation.ports import add_counts, ratios
 
     pooled: dict[tuple[str, str, str], dict] = {}  # (method, scope, port or "all")
     for run in port_runs:
@@ -164,7 +164,7 @@ def summarise(port_runs: list[dict]) -> dict[str, Any]:
 def oscd_summary(config_path: str | None) -> dict[str, Any]:
     """Every OSCD city: area-mode F1 against CVA + Otsu, objects outside the labelled change."""
     from pipeline.config import load_config
-    from pipeline.pair_eval import oscd_city
+    from pipeline.evaluation.pair import oscd_city
 
     folder = SHARED / "oscd"
     cfg = load_config(config_path)

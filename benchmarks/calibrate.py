@@ -4,13 +4,14 @@ Run from the project root (about 2 minutes on 2 cores)::
 
     .venv/bin/python benchmarks/calibrate.py [--seeds 1 2 3] [--jobs 2] [--out PATH]
 
-The scenes are those of the detection sweep (:func:`pipeline.sweep.default_plan`) with other
-generator seeds than the sweep that ``benchmarks/bench_detect.py`` reports (seed 0), so the
+The scenes are those of the detection sweep (:func:`pipeline.evaluation.sweep.default_plan`) with
+other generator seeds than the sweep that ``benchmarks/bench_detect.py`` reports (seed 0), so the
 reported reliability and precision are measured on scenes the model never saw. Every candidate
 is kept while fitting (``min_confidence`` 0); each true or false detection (neutral ones, on
 objects too small to score, are left out) is one sample of a logistic model
-(:mod:`pipeline.calibration`). The model is written to ``pipeline/calibration.json`` (or
-``--out``) and the fit, with its in-sample reliability, printed as JSON.
+(:mod:`pipeline.kernels.detect.calibration`). The model is written to
+``pipeline/kernels/detect/calibration.json`` (or ``--out``) and the fit, with its in-sample
+reliability, printed as JSON.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_detect import _sweep, _with
 
-from pipeline import calibration
 from pipeline.config import load_config
-from pipeline.detect import DEFAULT_BANDS, series_thresholds
-from pipeline.io_utils import write_json
-from pipeline.sweep import default_plan, reliability
+from pipeline.evaluation.sweep import default_plan, reliability
+from pipeline.io.atomic import write_json
+from pipeline.kernels.detect import calibration
+from pipeline.kernels.detect.core import DEFAULT_BANDS, series_thresholds
 
 TRAINING_SEEDS = (1, 2, 3)
 """Generator seeds of the scenes fitted on (the reported sweep uses seed 0)."""

@@ -1,4 +1,4 @@
-"""The ``basewatch`` command: thin wrappers over :mod:`pipeline.stages`.
+"""The ``basewatch`` command: thin wrappers over :mod:`pipeline.stages.site`.
 
 Every error a user can cause is reported as one line on stderr with its own exit code
 (:data:`pipeline.errors.EXIT_CODES`); ``--debug`` shows the traceback.
@@ -62,7 +62,7 @@ def main(
     ] = False,
 ) -> None:
     """Sentinel-2 change detection for fixed sites."""
-    from pipeline.progress import configure_logging, set_progress_enabled
+    from pipeline.io.progress import configure_logging, set_progress_enabled
 
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     if quiet:
@@ -115,7 +115,7 @@ def _sites(site: list[str] | None) -> list[str]:
 def _per_site(stage: str, site: list[str] | None) -> None:
     def go() -> None:
         names = _sites(site)
-        from pipeline import stages
+        from pipeline.stages import site as stages
 
         fn = getattr(stages, f"run_{stage}")
         for name in names:
@@ -148,7 +148,7 @@ def demo_catalog() -> None:
     """Generate the SIMULATED demo catalog (COGs + STAC + ground truth) for the configured sites."""
 
     def go() -> Path:
-        from pipeline import stages
+        from pipeline.stages import site as stages
 
         return stages.run_demo_catalog(_config())
 
@@ -198,7 +198,7 @@ def run(site: SiteOpt = None) -> None:
 
     def go() -> None:
         names = _sites(site)
-        from pipeline import stages
+        from pipeline.stages import site as stages
 
         for name in names:
             metrics = stages.run_site(_config(), name)
@@ -259,7 +259,7 @@ def align(
     """Co-register any two rasters and print one JSON object (see the command's help)."""
 
     def go() -> dict:
-        from pipeline.align import align_files
+        from pipeline.stages.align import align_files
 
         return align_files(reference, target, band=band, local=local, out=out)
 
@@ -280,7 +280,7 @@ def watch(site: SiteOpt = None) -> None:
 
     def go() -> None:
         names = _sites(site)
-        from pipeline import watch as watching
+        from pipeline.stages import watch as watching
 
         report = watching.run_watch(_config(), names)
         for line in report.lines():
@@ -327,7 +327,7 @@ def pair(
     """Detect the change between two local rasters (see the command's help)."""
 
     def go() -> dict:
-        from pipeline.pair import run_pair
+        from pipeline.stages.pair import run_pair
 
         order = tuple(b.strip() for b in band_order.split(",")) if band_order else None
         return run_pair(before, after, out, _config(), mode=mode, band_order=order)
@@ -392,12 +392,12 @@ def series(
     """Detect removed and appeared objects over N local dates (see the command's help)."""
 
     def go() -> dict:
-        from pipeline.series import run_series
+        from pipeline.stages.series import run_series
 
         order = tuple(b.strip() for b in band_order.split(",")) if band_order else None
         return run_series(inputs, out, _config(), band_order=order)
 
-    from pipeline.series import RECOMMENDED_DATES
+    from pipeline.stages.series import RECOMMENDED_DATES
 
     s = _guard(go)
     dates = s["dates"]

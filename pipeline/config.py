@@ -194,7 +194,8 @@ class DetectConfig(_Strict):
         description="Pixels sampled (regular grid) per date pair for the gain/offset fit, the "
         "noise sigma and the null calibration.",
     )
-    # --- the multi-date method (pipeline.detect, pipeline.multidate, pipeline.clouds) ---
+    # --- the multi-date method (pipeline.kernels.detect.core, pipeline.kernels.detect.multidate,
+    # pipeline.kernels.detect.clouds) ---
     method: Literal["multidate", "pairwise"] = Field(
         "multidate",
         description="multidate: every break between two valid dates is tested with windows of "
@@ -393,8 +394,9 @@ class DetectConfig(_Strict):
         le=1,
         description="Multi-date method: report a detection only when its calibrated confidence "
         "(the fitted probability that a detection like it is a real change, "
-        "pipeline/calibration.py) is at least this. 0.5 reports what is more likely real than "
-        "not; 0 reports every candidate. Without a shipped model nothing is dropped.",
+        "pipeline/kernels/detect/calibration.py) is at least this. 0.5 reports what is more "
+        "likely real than not; 0 reports every candidate. Without a shipped model nothing is "
+        "dropped.",
     )
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import stages
 from pipeline.config import Config, SitePaths, load_config, site_paths
+from pipeline.stages import site as stages
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = "tartus"

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from faults import fault_server
 
-from pipeline import alerts
 from pipeline.config import AlertsConfig, Config
 from pipeline.errors import ConfigError
-from pipeline.store import Store
+from pipeline.io import alerts
+from pipeline.io.store import Store
 
 
 def _feature(fid: str, kind: str = "removed", conf: float = 1.0) -> dict:

@@ -1,4 +1,5 @@
-"""Tests of pipeline.align and ``basewatch align``: any two rasters, any grids, real Sentinel-2.
+"""Tests of pipeline.stages.align and ``basewatch align``: any two rasters, any grids, real
+Sentinel-2.
 
 Synthetic rasters sample one analytic world (plane waves in EPSG:32636 metres) at the pixel
 centres of each file's own grid, so two files on different origins, sizes and CRS (EPSG:32636
@@ -19,9 +20,9 @@ from affine import Affine
 from pyproj import Transformer
 from scipy import ndimage
 
-from pipeline.align import align_files
-from pipeline.coregister import estimate_shift
 from pipeline.errors import EXIT_CODES, DataError
+from pipeline.kernels.coregister.shift import estimate_shift
+from pipeline.stages.align import align_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

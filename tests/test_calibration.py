@@ -7,11 +7,18 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import calibration
-from pipeline.calibration import FEATURES, Model, add_mask_distance, design, fit, load_model
-from pipeline.detect import _drop_unlikely
 from pipeline.errors import ConfigError
-from pipeline.sweep import reliability
+from pipeline.evaluation.sweep import reliability
+from pipeline.kernels.detect import calibration
+from pipeline.kernels.detect.calibration import (
+    FEATURES,
+    Model,
+    add_mask_distance,
+    design,
+    fit,
+    load_model,
+)
+from pipeline.kernels.detect.core import _drop_unlikely
 
 
 def test_fit_recovers_a_known_logistic_model() -> None:
@@ -93,7 +100,9 @@ def test_the_model_can_be_switched_off_or_replaced(tmp_path, monkeypatch) -> Non
 
 def test_the_shipped_model_ranks_as_its_training_outcomes_say() -> None:
     model = load_model()
-    assert model is not None, "pipeline/calibration.json is missing: run benchmarks/calibrate.py"
+    assert model is not None, (
+        "pipeline/kernels/detect/calibration.json is missing: run benchmarks/calibrate.py"
+    )
     assert 0 not in model.meta["seeds"], "fitted on the reported sweep's seed"
     base = {
         "score_peak": 300.0,

@@ -1,4 +1,4 @@
-"""Tests of pipeline.catalog: API and local search, band vocabulary, href safety, items.json."""
+"""Tests of pipeline.io.catalog: API and local search, band vocabulary, href safety, items.json."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 from shapely.geometry import box
 from stac_server import SEARCH_AOI_LONLAT, free_port, search_test_items
 
-from pipeline.catalog import (
+from pipeline.config import CatalogConfig
+from pipeline.errors import CatalogError, StageInputError
+from pipeline.io.catalog import (
     ALL_BANDS,
     S2_BAND_IDS,
     band_asset_key,
@@ -22,9 +24,7 @@ from pipeline.catalog import (
     search_items,
     write_items,
 )
-from pipeline.config import CatalogConfig
-from pipeline.errors import CatalogError, StageInputError
-from pipeline.harmonise import processing_baseline
+from pipeline.io.harmonise import processing_baseline
 
 AOI = box(*SEARCH_AOI_LONLAT)
 NOV = (dt.date(2024, 11, 1), dt.date(2024, 11, 30))

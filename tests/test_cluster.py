@@ -9,7 +9,9 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from pipeline.cluster import (
+from pipeline.config import DetectConfig
+from pipeline.errors import ConfigError
+from pipeline.io.cluster import (
     SCHEDULER_ENV,
     ClusterConfig,
     client_from_config,
@@ -17,11 +19,9 @@ from pipeline.cluster import (
     dask_client,
     scheduler_address,
 )
-from pipeline.config import DetectConfig
-from pipeline.errors import ConfigError
-from pipeline.fastcore import CoreParams, change_core
-from pipeline.tile import detect_tile
-from pipeline.tile_synth import SyntheticStack
+from pipeline.kernels.scale.fused import CoreParams, change_core
+from pipeline.simulate.tile import SyntheticStack
+from pipeline.stages.tile import detect_tile
 
 STACK = SyntheticStack((120, 110), 3, seed=5, object_spacing_px=40, period_px=127)
 

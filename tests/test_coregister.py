@@ -1,4 +1,5 @@
-"""Tests of pipeline.coregister: shift estimation, its verdicts, and shift application.
+"""Tests of pipeline.kernels.coregister.shift: shift estimation, its verdicts, and shift
+application.
 
 Scenes are synthetic and of known truth: smooth random fields (shifted exactly in Fourier space)
 plus sharp rectangles (runways, buildings) rendered by exact pixel-area coverage at any sub-pixel
@@ -18,14 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from pipeline.coregister import (
+from pipeline.errors import CoregistrationError
+from pipeline.kernels.coregister.shift import (
     ShiftEstimate,
     apply_shift,
     apply_shift_mask,
     coregister_stack,
     estimate_shift,
 )
-from pipeline.errors import CoregistrationError
 
 PAD = 16
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -237,7 +238,7 @@ def test_large_shift_fails() -> None:
 
 
 def test_refinement_that_does_not_converge_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.coregister_refine as refine
+    import pipeline.kernels.coregister.refine as refine
 
     ref, tgt, rv, tv = make_pair(19, (1.23, 0.61), noise=0.005)
     monkeypatch.setattr(refine, "MAX_ITERATIONS", 1)

@@ -1,5 +1,5 @@
-"""Tests of pipeline.coregister_local (tie points, outliers, affine model, verdicts) and
-pipeline.coregister_affine (the model and its numpy/dask application).
+"""Tests of pipeline.kernels.coregister.local (tie points, outliers, affine model, verdicts) and
+pipeline.kernels.coregister.affine (the model and its numpy/dask application).
 
 Pairs come from the benchmark's analytic generator (``benchmarks/bench_coreg.py``): plane-wave
 textures and pixel-area rectangles rendered exactly at any affine position, so the truth owes
@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from pipeline.coregister import ShiftEstimate, apply_shift, apply_shift_mask, estimate_shift
-from pipeline.coregister_local import (
+from pipeline.errors import CoregistrationError
+from pipeline.kernels.coregister.local import (
     AffineModel,
     LocalEstimate,
     TiePoint,
@@ -33,7 +33,12 @@ from pipeline.coregister_local import (
     estimate_local,
     fit_affine,
 )
-from pipeline.errors import CoregistrationError
+from pipeline.kernels.coregister.shift import (
+    ShiftEstimate,
+    apply_shift,
+    apply_shift_mask,
+    estimate_shift,
+)
 
 BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_coreg.py"
 

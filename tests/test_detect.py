@@ -1,4 +1,5 @@
-"""The change core on small synthetic cubes of known truth (pipeline.detect and its kernels)."""
+"""The change core on small synthetic cubes of known truth (pipeline.kernels.detect.core and its
+kernels)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from pydantic import ValidationError
 from scipy import ndimage
 
 from pipeline.config import DetectConfig
-from pipeline.detect import DEFAULT_BANDS, detect_cube, pair_change
 from pipeline.errors import DataError
-from pipeline.neighbourhood import (
+from pipeline.kernels.detect.core import DEFAULT_BANDS, detect_cube, pair_change
+from pipeline.kernels.detect.neighbourhood import (
     dilate,
     gradient_sq,
     laplacian_sq,
@@ -25,14 +26,14 @@ from pipeline.neighbourhood import (
     smooth,
     surroundings,
 )
-from pipeline.normalise import (
+from pipeline.kernels.detect.normalise import (
     fit_radiometry,
     on_sample,
     per_group,
     robust_correlation,
     whitening_matrix,
 )
-from pipeline.segment import segment_pair
+from pipeline.kernels.detect.segment import segment_pair
 
 NY, NX = 100, 120
 X0, Y0, RES = 766000.0, 3920000.0, 10.0

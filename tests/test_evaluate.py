@@ -1,4 +1,4 @@
-"""Tests of pipeline.evaluate on hand-made truth and detections."""
+"""Tests of pipeline.evaluation.site on hand-made truth and detections."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from shapely.geometry import box, mapping
 
 from pipeline.errors import DataError
-from pipeline.evaluate import evaluate_coregistration, evaluate_objects, evaluate_site
+from pipeline.evaluation.site import evaluate_coregistration, evaluate_objects, evaluate_site
 
 # Footprints in lon/lat near Khmeimim, far enough apart not to touch.
 FOOT_A = box(35.9400, 35.4000, 35.9405, 35.4004)  # 50 m object, removed

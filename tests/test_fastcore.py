@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import DataError
-from pipeline.fastcore import (
+from pipeline.kernels.scale.fused import (
     NOT_SCORED,
     CoreParams,
     change_core,
     classify,
     update_last_view,
 )
-from pipeline.fastcore_ref import change_core_reference
+from pipeline.kernels.scale.reference import change_core_reference
 
 
 def _params(n_bands: int = 4, n_groups: int = 1, stencil: bool = True, seed: int = 0) -> CoreParams:

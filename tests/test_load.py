@@ -1,4 +1,4 @@
-"""Tests of pipeline.load and pipeline.harmonise on small real COGs written here.
+"""Tests of pipeline.io.load and pipeline.io.harmonise on small real COGs written here.
 
 Each acquisition has two Items of one datatake, as over the real sites: one on a grid in
 EPSG:32636 (aligned with the site grid) and one in EPSG:32637. Known reflectance is a linear
@@ -25,11 +25,11 @@ from pyproj import Transformer
 from scipy import ndimage
 from shapely.geometry import Polygon, mapping
 
-from pipeline.catalog import BANDS, read_items, search_items, write_items
 from pipeline.config import CatalogConfig, LoadConfig
 from pipeline.errors import DataError, StageInputError
-from pipeline.harmonise import band_radiometry, valid_mask
-from pipeline.load import aoi_mask, load_cube, load_site, read_cube, write_cube
+from pipeline.io.catalog import BANDS, read_items, search_items, write_items
+from pipeline.io.harmonise import band_radiometry, valid_mask
+from pipeline.io.load import aoi_mask, load_cube, load_site, read_cube, write_cube
 from pipeline.sites import Site
 
 X0, Y0, SIDE = 761460.0, 3866160.0, 1200.0  # site grid: 120 x 120 px of 10 m, EPSG:32636

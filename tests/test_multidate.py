@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import chi2
 
-from pipeline import clouds, multidate
-from pipeline.segment import background_margin, half_sample_mode
+from pipeline.kernels.detect import clouds, multidate
+from pipeline.kernels.detect.segment import background_margin, half_sample_mode
 
 BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
 SIGMA = np.full(len(BANDS), 0.004)
@@ -188,7 +188,7 @@ def test_surround_signs_a_ship_leaving_a_quay_with_its_quay_fringe() -> None:
 
 def test_one_surface_ring_with_texture_keeps_one_background() -> None:
     # a textured apron (5 % texture) is one surface: no second background to hide behind
-    from pipeline.segment import TWO_SURFACE_SEPARATION, _two_surfaces
+    from pipeline.kernels.detect.segment import TWO_SURFACE_SEPARATION, _two_surfaces
 
     rng = np.random.default_rng(4)
     apron = np.array([0.20, 0.22, 0.24, 0.27, 0.30, 0.28])
@@ -211,7 +211,7 @@ def test_one_surface_ring_with_texture_keeps_one_background() -> None:
 
 
 def test_hysteresis_regions_needs_min_seeds() -> None:
-    from pipeline.segment import hysteresis_regions
+    from pipeline.kernels.detect.segment import hysteresis_regions
 
     score = np.zeros((12, 12))
     score[2:5, 2:5] = 5.0  # a grown region with one seed

@@ -1,4 +1,4 @@
-"""Label rasters to lon/lat GeoJSON objects (pipeline.objects)."""
+"""Label rasters to lon/lat GeoJSON objects (pipeline.kernels.detect.objects)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from pyproj import Transformer
 from shapely.geometry import shape
 
 from pipeline.errors import DataError
-from pipeline.objects import grid_transform, label_geometries, region_features, zone_of_labels
+from pipeline.kernels.detect.objects import (
+    grid_transform,
+    label_geometries,
+    region_features,
+    zone_of_labels,
+)
 
 X0, Y0, RES = 766000.0, 3920000.0, 10.0
 NY, NX = 40, 50

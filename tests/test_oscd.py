@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline.pair import prepare_pair
-from pipeline.pair_eval import cva_otsu, pixel_scores
+from pipeline.evaluation.pair import cva_otsu, pixel_scores
+from pipeline.stages.pair import prepare_pair
 
 OSCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd"
 ROOT = Path(__file__).resolve().parents[1]

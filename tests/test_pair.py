@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import EXIT_CODES, DataError
-from pipeline.pair import prepare_pair
-from pipeline.pair_eval import cva_otsu, pixel_scores
-from pipeline.rasters import describe_input
+from pipeline.evaluation.pair import cva_otsu, pixel_scores
+from pipeline.io.rasters import describe_input
+from pipeline.stages.pair import prepare_pair
 
 N = 96
 """Grid side, 10 m pixels."""

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import stages
 from pipeline.config import Config, site_paths
+from pipeline.stages import site as stages
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
-"""Real-background cases (pipeline/simulate/ports.py) and their scoring (pipeline/ports_eval.py).
+"""Real-background cases (pipeline/simulate/ports.py) and their scoring
+(pipeline/evaluation/ports.py).
 
 The scoring tests use small hand-made cases; the port tests read ``../shared/data/sen2ships``
 and skip cleanly when it is absent (a fresh clone has no ``../shared``).
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.ports_eval import (
+from pipeline.evaluation.ports import (
     Detection,
     add_counts,
     cva_otsu_objects,

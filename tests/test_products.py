@@ -1,4 +1,4 @@
-"""Tests of pipeline.products: GeoParquet, change-score COGs, the results STAC Catalog.
+"""Tests of pipeline.io.report.products: GeoParquet, change-score COGs, the results STAC Catalog.
 
 Synthetic inputs of known content first, then the products of the shared demo run. The STAC
 validation runs with every socket connection refused, to show it needs no network.
@@ -19,8 +19,8 @@ import xarray as xr
 from demo_run import demo_run
 from shapely.geometry import box, mapping, shape
 
-from pipeline import products
 from pipeline.errors import DataError
+from pipeline.io.report import products
 
 X0, Y0, RES = 761_505.0, 3_868_005.0, 10.0
 DATES = np.array(["2024-12-02T08:26:47", "2024-12-05T08:36:41", "2024-12-12T08:26:49"],

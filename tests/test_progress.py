@@ -1,4 +1,5 @@
-"""Tests of pipeline.progress: bars silent off a terminal, JSON logs, and `basewatch --log-json`."""
+"""Tests of pipeline.io.progress: bars silent off a terminal, JSON logs, and `basewatch
+--log-json`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import dask.array as da
 import pytest
 from demo_run import ROOT, demo_run
 
-from pipeline import progress
+from pipeline.io import progress
 
 
 class _Tty(io.StringIO):

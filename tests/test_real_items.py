@@ -20,11 +20,11 @@ from affine import Affine
 from pyproj import Transformer
 from shapely.geometry import Polygon
 
-from pipeline.catalog import band_asset_key, item_epsg
 from pipeline.config import LoadConfig
-from pipeline.date_checks import geometric_refinement
-from pipeline.harmonise import Radiometry, band_radiometry, check_offset
-from pipeline.load import load_site
+from pipeline.io.catalog import band_asset_key, item_epsg
+from pipeline.io.date_checks import geometric_refinement
+from pipeline.io.harmonise import Radiometry, band_radiometry, check_offset
+from pipeline.io.load import load_site
 from pipeline.sites import Site
 
 ES_ITEM = "earth-search-v1/S2A_39QTA_20230628_0_L2A.json"

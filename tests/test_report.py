@@ -1,4 +1,5 @@
-"""Tests of pipeline.report, report_html and quicklook: a tiny synthetic cube, then the demo run.
+"""Tests of pipeline.io.report.site, report_html and quicklook: a tiny synthetic cube, then the demo
+run.
 
 The synthetic cube has 3 dates of 60 x 60 px in EPSG:32636 with one object removed and one
 appeared at known pixels; the demo run (tests/demo_run.py) checks the real report stage, its
@@ -24,9 +25,9 @@ from PIL import Image
 from pyproj import Transformer
 from shapely.geometry import box, mapping
 
-from pipeline import quicklook
 from pipeline.errors import DataError
-from pipeline.report import ALL_ZONES, OUTSIDE, occupancy, update_index, write_report
+from pipeline.io.report import quicklook
+from pipeline.io.report.site import ALL_ZONES, OUTSIDE, occupancy, update_index, write_report
 
 X0, Y0, RES, N = 767_005.0, 3_921_595.0, 10.0, 60  # pixel centres; edges on the 60 m grid
 DATES = ["2024-11-02", "2024-11-07", "2024-11-12"]
@@ -312,7 +313,7 @@ def test_dvc_plots_show_renders_the_report_tables(tmp_path: Path) -> None:
 
 
 def test_scenes_table_shows_the_date_checks_and_flags() -> None:
-    from pipeline.report_html import scenes_section
+    from pipeline.io.report.html import scenes_section
 
     load_report = {
         "dates_kept": ["2024-12-02", "2024-12-05"],
@@ -352,7 +353,7 @@ def test_scenes_table_shows_the_date_checks_and_flags() -> None:
 
 def test_a_residual_left_after_coregistration_is_measured() -> None:
     from pipeline.config import CoregisterConfig
-    from pipeline.stages import _residuals
+    from pipeline.stages.site import _residuals
 
     rng = np.random.default_rng(3)
     from scipy import ndimage

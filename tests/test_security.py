@@ -18,8 +18,8 @@ import pytest
 from faults import ROOT, demo_catalog, fault_server
 from stac_server import serve_items, unavailable_reason
 
-from pipeline.catalog import redact_text, redact_url, write_items
 from pipeline.errors import EXIT_CODES
+from pipeline.io.catalog import redact_text, redact_url, write_items
 
 MARK = "S3CRETsig"
 """The secret part of the token: must appear nowhere but in the requests."""

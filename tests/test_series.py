@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config import Config
 from pipeline.errors import EXIT_CODES
-from pipeline.series import build_cube, describe_series, detect_series, series_grid
+from pipeline.stages.series import build_cube, describe_series, detect_series, series_grid
 
 N = 96
 """Grid side, 10 m pixels."""
@@ -352,7 +352,7 @@ def test_lonlat_input_goes_on_utm(tmp_path: Path) -> None:
         transform=transform,
     ) as dst:
         dst.write(np.full((64, 64), 1000, np.uint16), 1)
-    from pipeline.rasters import describe_input
+    from pipeline.io.rasters import describe_input
 
     grid, source = series_grid(describe_input(folder))
     assert source == "UTM of the first input"

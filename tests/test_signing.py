@@ -1,4 +1,4 @@
-"""Planetary Computer signing (pipeline.signing) against loopback servers, offline.
+"""Planetary Computer signing (pipeline.io.signing) against loopback servers, offline.
 
 A loopback token endpoint and an asset server that demands its tokens (tests/sas_servers.py)
 play Planetary Computer; the ``planetary-computer`` package fetches and caches the tokens. Reads
@@ -23,8 +23,8 @@ from test_load import DATE_A, DATE_C, LOAD_CFG, make_site, write_item
 
 from pipeline.config import CatalogConfig
 from pipeline.errors import AssetAccessError, CatalogError
-from pipeline.load import load_site
-from pipeline.signing import AssetSigner, read_signed, signer_for, signing_mode
+from pipeline.io.load import load_site
+from pipeline.io.signing import AssetSigner, read_signed, signer_for, signing_mode
 
 CONTAINER = "sentinel2-l2"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.store import (
+from pipeline.io.store import (
     CLOUDY,
     KEPT,
     MIGRATIONS,
@@ -136,7 +136,7 @@ def test_sigkill_mid_transaction_rolls_back(store: Store) -> None:
     store.close()
     code = (
         "import os, signal\n"
-        "from pipeline.store import Store\n"
+        "from pipeline.io.store import Store\n"
         f"s = Store({str(store.path)!r})\n"
         "with s.transaction():\n"
         "    s.add_item('tartus', 'KILLED', '2024-12-30T00:00:00', '2024-12-30', 'done')\n"

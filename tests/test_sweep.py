@@ -15,7 +15,7 @@ import pytest
 from shapely.geometry import shape
 
 from pipeline.config import Config
-from pipeline.sweep import (
+from pipeline.evaluation.sweep import (
     NOMINAL_CONTRAST,
     coregister_cube,
     default_plan,
@@ -23,7 +23,7 @@ from pipeline.sweep import (
     score_scene,
     summarise,
 )
-from pipeline.sweep_scene import BANDS, ROLES, Scenario, SweepScene, make_scene
+from pipeline.simulate.sweep_scene import BANDS, ROLES, Scenario, SweepScene, make_scene
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_detect.py"
 SMALL = Scenario(0.2, 0.5, NOMINAL_CONTRAST, (20.0, 60.0, 130.0), 6, seed=4)

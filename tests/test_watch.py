@@ -4,7 +4,7 @@ A small simulated catalog (Tartus, 2024-12-01 to 2025-01-02: 7 dates) is built o
 (:func:`faults.demo_catalog`). The *base* state is a first watch run with the last three dates
 hidden; the *reference* is a second, uninterrupted run after two of them are linked back in
 (the "new Items"). Runs are subprocesses of the real CLI; SIGKILL points use the
-``BASEWATCH_TEST_PAUSE_AT`` hook of :mod:`pipeline.watch`.
+``BASEWATCH_TEST_PAUSE_AT`` hook of :mod:`pipeline.stages.watch`.
 """
 
 from __future__ import annotations
@@ -347,7 +347,7 @@ NOV = (__import__("datetime").date(2024, 11, 1), __import__("datetime").date(202
 
 
 def test_search_retries_500_429_and_hangs_then_succeeds(api: str) -> None:
-    from pipeline.catalog import search_items
+    from pipeline.io.catalog import search_items
 
     net = NetworkConfig(retries=3, backoff_s=0.0, timeout_s=1.0)
     want = search_items(CatalogConfig(url=api), AOI, *NOV, net)
@@ -376,7 +376,7 @@ def test_search_gives_up_with_a_clear_error(api: str, tmp_path: Path) -> None:
 
 
 def test_connection_refused_is_retried_then_reported() -> None:
-    from pipeline.catalog import search_items
+    from pipeline.io.catalog import search_items
 
     url = f"http://127.0.0.1:{free_port()}"
     net = NetworkConfig(retries=1, backoff_s=0.0, timeout_s=1.0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pystac
 
 from pipeline.errors import ConfigError
-from pipeline.io_utils import atomic_dir, write_json
+from pipeline.io.atomic import atomic_dir, write_json
 from pipeline.simulate.render import SiteSimulation
 from pipeline.simulate.scenario import load_scenario
 from pipeline.simulate.stac import COLLECTION_ID, item_id, write_catalog, write_item

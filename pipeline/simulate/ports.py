@@ -296,7 +296,8 @@ def crop_scene(scene: PortScene, max_px: int, margin_px: int = 48) -> tuple[Port
 
 def ship_lengths_m(scene: PortScene) -> np.ndarray:
     """Length (m) of each ship: the major axis of its mask (second moments, as
-    :func:`pipeline.objects.shape_measures` measures objects), at the scene's ground pixel size.
+    :func:`pipeline.kernels.detect.objects.shape_measures` measures objects), at the scene's ground
+    pixel size.
 
     Returns
     -------

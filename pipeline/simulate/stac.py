@@ -158,7 +158,7 @@ def write_item(folder: Path, acq: Acquisition, tile: Tile, rendered: RenderedIte
         "sat:relative_orbit": acq.relative_orbit,
         "sat:absolute_orbit": acq.absolute_orbit,
         # The pixels keep the +1000 DN of baseline >= 04.00 and raster:bands carries the -0.1
-        # offset, so the flag is false (see pipeline/harmonise.py for how it is read).
+        # offset, so the flag is false (see pipeline/io/harmonise.py for how it is read).
         "earthsearch:boa_offset_applied": False,
         "processing:software": {"basewatch.simulate": "1"},
         "description": SIMULATED_NOTE,

@@ -1,6 +1,7 @@
 """Ground truth of a simulated site: objects present per date, their removals and appearances.
 
-Read only by :mod:`pipeline.evaluate` (and the tests): nothing on the detection path may open it.
+Read only by :mod:`pipeline.evaluation.site` (and the tests): nothing on the detection path may open
+it.
 """
 
 from __future__ import annotations

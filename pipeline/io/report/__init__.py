@@ -1,0 +1,1 @@
+"""The report of a site and what it holds: HTML, GIS products, quicklook figures."""

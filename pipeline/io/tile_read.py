@@ -1,0 +1,142 @@
+"""Reading a stack window by window for :mod:`pipeline.stages.tile` (the only part that touches
+data).
+
+A :class:`StackReader` hands out one window of one date at a time: the detect stage never holds
+a date of the whole tile. :class:`CubeReader` reads an xarray cube (numpy, zarr or dask
+backed); :class:`pipeline.simulate.tile.SyntheticStack` generates one.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any, Protocol
+
+import dask
+import numpy as np
+from affine import Affine
+
+from pipeline.errors import DataError
+from pipeline.kernels.detect.objects import grid_transform
+
+SAMPLE_WINDOW_PX = 32
+"""Side of the sample windows of the radiometric fit."""
+
+
+class StackReader(Protocol):
+    """A (date, band, y, x) stack read one window of one date at a time."""
+
+    shape: tuple[int, int]
+    """(rows, cols) of the grid."""
+    n_dates: int
+    """Number of dates."""
+    n_bands: int
+    """Number of bands."""
+
+    @property
+    def dates(self) -> list[str]:
+        """ISO date of each date index."""
+        ...
+
+    @property
+    def transform(self) -> Affine:
+        """Affine transform of the grid."""
+        ...
+
+    crs: str
+    """CRS of the grid (metric)."""
+
+    def read(self, t: int, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        """(B, h, w) float32 bands and (h, w) bool validity of date ``t`` over a window."""
+        ...
+
+
+class CubeReader:
+    """A :class:`StackReader` over an xarray cube (numpy, zarr or dask backed).
+
+    Windows of a dask-backed cube are computed inside the calling task with the synchronous
+    scheduler (the task is already one of a pool's workers).
+
+    Parameters
+    ----------
+    cube
+        Dataset with the bands (float32 reflectance) and ``valid`` on (time, y, x), pixel-centre
+        ``x``/``y`` coordinates and a ``crs`` attribute.
+    bands
+        Bands compared.
+
+    Raises
+    ------
+    DataError
+        When a band, ``valid`` or ``crs`` is missing.
+    """
+
+    def __init__(self, cube: Any, bands: tuple[str, ...] = ("blue", "green", "red", "nir")):
+        missing = [b for b in (*bands, "valid") if b not in cube]
+        if missing:
+            raise DataError(f"cube has no variable(s) {', '.join(missing)}: load them first")
+        if not cube.attrs.get("crs"):
+            raise DataError("cube has no 'crs' attribute: load it with pipeline.io.load")
+        self.cube = cube
+        self.bands = tuple(bands)
+        self.shape = (int(cube.sizes["y"]), int(cube.sizes["x"]))
+        self.n_dates = int(cube.sizes["time"])
+        self.n_bands = len(self.bands)
+        self.crs = str(cube.attrs["crs"])
+        self._token = uuid.uuid4().hex
+
+    def __dask_tokenize__(self) -> str:
+        """A key of its own (hashing the cube's whole dask graph would be slow)."""
+        return self._token
+
+    @property
+    def dates(self) -> list[str]:
+        """ISO date of each time step."""
+        return [str(np.datetime_as_string(t, unit="D")) for t in self.cube["time"].values]
+
+    @property
+    def transform(self) -> Affine:
+        """Affine transform from the pixel-centre coordinates."""
+        return grid_transform(self.cube["x"].values, self.cube["y"].values)
+
+    def read(self, t: int, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        """(B, h, w) float32 bands and (h, w) bool validity of date ``t`` over a window."""
+        sel = {"time": t, "y": rows, "x": cols}
+        window = self.cube[[*self.bands, "valid"]].isel(sel).transpose("y", "x")
+        with dask.config.set(scheduler="synchronous"):
+            window = window.compute()  # one read of every variable (a no-op for numpy)
+        bands = np.stack([np.asarray(window[b].values, dtype=np.float32) for b in self.bands])
+        valid = np.asarray(window["valid"].values, dtype=bool)
+        return bands, valid
+
+
+def read_window(
+    reader: StackReader, t: int, rows: slice, cols: slice
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, h, w) float32 bands and (h, w) validity (valid, and finite in every band)."""
+    bands, valid = reader.read(t, rows, cols)
+    bands = np.ascontiguousarray(bands, dtype=np.float32)
+    valid = np.ascontiguousarray(valid, dtype=bool) & np.isfinite(bands).all(axis=0)
+    return bands, valid
+
+
+def sample_windows(shape: tuple[int, int], max_sample_px: int) -> list[tuple[slice, slice]]:
+    """Equal windows spread on a regular grid, about ``max_sample_px`` pixels in all."""
+    ny, nx = shape
+    h, w = min(SAMPLE_WINDOW_PX, ny), min(SAMPLE_WINDOW_PX, nx)
+    n_side = max(1, math.ceil(math.sqrt(max_sample_px / (h * w))))
+    out = []
+    for i in range(n_side):
+        r0 = min(max(round((i + 0.5) * ny / n_side - h / 2), 0), ny - h)
+        for j in range(n_side):
+            c0 = min(max(round((j + 0.5) * nx / n_side - w / 2), 0), nx - w)
+            out.append((slice(r0, r0 + h), slice(c0, c0 + w)))
+    return out
+
+
+def read_sample(
+    reader: StackReader, t: int, windows: list[tuple[slice, slice]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, B, h, w) bands and (n, h, w) validity of the ``windows`` of date ``t``."""
+    parts = [read_window(reader, t, r, c) for r, c in windows]
+    return np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])

@@ -1,0 +1,1 @@
+"""Pure kernels: arrays in, arrays out (numpy and dask); no I/O, no stages, no CLI."""

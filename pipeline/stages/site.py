@@ -1,0 +1,285 @@
+"""The stages of a site's run, one function each: the CLI, DVC and notebooks all call these.
+
+Each stage reads the outputs of the stage before it from ``data/<site>/`` (see
+:class:`pipeline.config.SitePaths`), calls the pure kernels, and writes its own outputs atomically.
+Only this module decides when lazy arrays are computed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from pipeline.config import Config, SitePaths, site_paths
+from pipeline.errors import DataError, StageInputError
+from pipeline.io import catalog, load, signing
+from pipeline.io.atomic import read_json, write_json, write_text
+from pipeline.sites import Site, get_site
+
+log = logging.getLogger(__name__)
+
+STAGES = ("search", "load", "coregister", "detect", "evaluate", "report")
+"""Stages of one site, in the order they run."""
+
+
+def _require(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise StageInputError(f"{path} is missing: run `basewatch {stage}` for this site first")
+    return path
+
+
+def _site(cfg: Config, name: str) -> tuple[Site, SitePaths]:
+    return get_site(name, cfg.seeds_dir), site_paths(cfg, name)
+
+
+def truth_path(cfg: Config, site: str) -> Path | None:
+    """Ground truth file beside a local catalog (the demo catalog), or None for a STAC API."""
+    url = cfg.catalog.url
+    if url.startswith(("http://", "https://")):
+        return None
+    p = Path(url).parent / "truth" / f"{site}.json"
+    return p if p.exists() else None
+
+
+def run_demo_catalog(cfg: Config) -> Path:
+    """Generate the simulated demo catalog (both sites) into ``cfg.demo.out``."""
+    from pipeline.simulate import build_demo_catalog
+
+    return Path(
+        build_demo_catalog(
+            cfg.demo.out,
+            seeds_dir=cfg.seeds_dir,
+            seed=cfg.demo.seed,
+            sites=cfg.sites,
+        )
+    )
+
+
+def run_search(cfg: Config, site_name: str) -> int:
+    """Search the catalog for the site's Items and write ``items.json``; returns the Item count."""
+    site, paths = _site(cfg, site_name)
+    items = catalog.search_items(
+        cfg.catalog, site.aoi, cfg.dates.start, cfg.dates.end, network=cfg.network
+    )
+    if len(items) == 0:
+        raise DataError(
+            f"no Items in {cfg.catalog.url} for site {site_name} between {cfg.dates.start} and "
+            f"{cfg.dates.end} with eo:cloud_cover <= {cfg.catalog.max_cloud_cover}: "
+            "widen the dates or the cloud limit"
+        )
+    catalog.write_items(items, paths.items)
+    log.info("%s: %d Items -> %s", site_name, len(items), paths.items)
+    return len(items)
+
+
+def run_load(cfg: Config, site_name: str) -> dict:
+    """Load the site's Items onto the site grid and write ``cube.zarr`` and ``load.json``."""
+    site, paths = _site(cfg, site_name)
+    items = catalog.read_items(_require(paths.items, "search"))
+
+    def load_and_write(signed: list) -> dict:
+        cube, report = load.load_site(signed, site, cfg.load, network=cfg.network)
+        if cube.sizes.get("time", 0) == 0:
+            raise DataError(
+                f"site {site_name}: every date is mostly cloud or no data "
+                f"(load.min_valid_fraction={cfg.load.min_valid_fraction}): widen the period"
+            )
+        cube.attrs["simulated"] = int(
+            any(bool(it.properties.get("basewatch:simulated")) for it in items)
+        )
+        load.write_cube(cube, paths.cube)
+        return report
+
+    # Signed just before reading (a token from the search may be stale); renewed once on a 403.
+    report = signing.read_signed(load_and_write, items, signing.signer_for(cfg.catalog))
+    write_json(paths.load_report, report)
+    return report
+
+
+def run_coregister(cfg: Config, site_name: str) -> dict:
+    """Co-register each date to a reference date; write ``aligned.zarr`` and ``coreg.json``."""
+    from pipeline.kernels.coregister import shift as coregister
+
+    _, paths = _site(cfg, site_name)
+    cube = load.read_cube(_require(paths.cube, "load"))
+    c = cfg.coregister
+    if c.band not in cube:
+        raise DataError(f"coregister.band '{c.band}' is not in {paths.cube}: pick a loaded band")
+    aligned, estimates, ref = coregister.coregister_cube(cube, c)
+    dates = [str(np.datetime_as_string(t, unit="D")) for t in cube.time.values]
+    keep = [i for i, e in enumerate(estimates) if e.status != "failed"]
+    load.write_cube(aligned, paths.aligned)
+    residual = _residuals(aligned, c, keep.index(ref) if ref in keep else None)
+    records = [{"date": d, **e.to_dict()} for d, e in zip(dates, estimates, strict=True)]
+    for j, i in enumerate(keep):
+        records[i]["residual_px"] = residual[j]
+        records[i]["residual_flag"] = residual[j] is not None and residual[j] > c.max_residual_px
+    result = {
+        "reference_date": dates[ref],
+        "band": c.band,
+        "dates": records,
+        "failed_dates": [dates[i] for i, e in enumerate(estimates) if e.status == "failed"],
+        "residual_flagged_dates": [r["date"] for r in records if r.get("residual_flag")],
+    }
+    for d in result["residual_flagged_dates"]:
+        log.warning(
+            "%s %s: %.2f px left after co-registration (> coregister.max_residual_px %s)",
+            *(site_name, d, records[dates.index(d)]["residual_px"], c.max_residual_px),
+        )
+    write_json(paths.coreg, result)
+    return result
+
+
+def _residuals(aligned: xr.Dataset, c: Any, ref: int | None) -> list[float | None]:
+    """Shift left between each aligned date and the aligned reference (px), None if unknown."""
+    from pipeline.kernels.coregister import shift as coregister
+
+    if ref is None or aligned.sizes.get("time", 0) == 0:
+        return [None] * aligned.sizes.get("time", 0)
+    _, again = coregister.coregister_stack(
+        aligned[c.band].astype("float32").values,
+        aligned["valid"].values,
+        reference_index=ref,
+        upsample=c.upsample,
+        max_shift_px=c.max_shift_px,
+        min_valid_fraction=c.min_valid_fraction,
+        min_quality=c.min_quality,
+    )
+    return [
+        round(float(np.hypot(e.shift_x_px, e.shift_y_px)), 4) if e.usable else None for e in again
+    ]
+
+
+def run_detect(cfg: Config, site_name: str) -> int:
+    """Run the change core on the aligned cube; write ``detections.geojson``; returns the count."""
+    from pipeline.kernels.detect import core as detect
+    from pipeline.kernels.detect import occupancy
+
+    site, paths = _site(cfg, site_name)
+    cube = load.read_cube(_require(paths.aligned, "coregister"))
+    zones = site.zone_raster(site.geobox(cfg.load.resolution_m))
+    result = detect.detect_cube(
+        cube,
+        zones,
+        [z.name for z in site.zones],
+        [z.kind for z in site.zones],
+        cfg.detect,
+        bands=[b for b in cfg.load.bands if b in cube],
+    )
+    fc = {
+        "type": "FeatureCollection",
+        "name": f"{site_name} detections",
+        "simulated": bool(cube.attrs.get("simulated", 0)),
+        "features": result.features,
+        "pairs": result.pairs,
+    }
+    write_json(paths.detections, fc)
+    _write_score(result.score, paths.change)
+    write_text(paths.occupancy, occupancy.to_csv(result.occupancy))
+    return len(result.features)
+
+
+def _write_score(score: xr.DataArray, path: Path) -> None:
+    """Write the change score of every date pair to ``change.zarr`` (read by the report)."""
+    from pipeline.io.atomic import atomic_dir
+
+    ds = xr.Dataset({"score": score.astype("float32")})
+    for name, coord in ds.coords.items():
+        if coord.dtype == object:
+            ds = ds.assign_coords({name: coord.astype(str)})
+    with atomic_dir(path) as tmp:
+        ds.to_zarr(tmp, mode="w", consolidated=True)
+
+
+def run_evaluate(cfg: Config, site_name: str) -> dict:
+    """Score detections and co-registration against ground truth where it exists; write metrics."""
+    from pipeline.evaluation import site as evaluate
+
+    _, paths = _site(cfg, site_name)
+    dets = read_json(_require(paths.detections, "detect"))
+    coreg = read_json(_require(paths.coreg, "coregister"))
+    tp = truth_path(cfg, site_name)
+    if tp is None:
+        metrics: dict = {
+            "n_detections": len(dets["features"]),
+            "truth": None,
+            "failed_dates": coreg.get("failed_dates", []),
+        }
+    else:
+        metrics = evaluate.evaluate_site(
+            dets["features"],
+            read_json(tp),
+            coreg,
+            min_object_size_m=cfg.evaluate.min_object_size_m,
+        )
+        metrics["truth"] = "simulated demo catalog"
+        metrics.setdefault("failed_dates", coreg.get("failed_dates", []))
+    write_json(paths.metrics, metrics)
+    return metrics
+
+
+def run_report(cfg: Config, site_name: str) -> Path:
+    """Write the site's report folder and the index over sites; returns the report's path.
+
+    Besides the HTML, the folder holds the detections as GeoParquet, the change score of each
+    date pair as a COG and the results as a STAC Catalog (see :mod:`pipeline.io.report.site`). The
+    score is read from ``change.zarr`` when the detect stage wrote one, else recomputed here
+    from the aligned cube with the same detect parameters.
+    """
+    from pipeline.io.progress import dask_progress
+    from pipeline.io.report import site as report
+
+    site, paths = _site(cfg, site_name)
+    cube = load.read_cube(_require(paths.aligned, "coregister"))
+    detections = read_json(_require(paths.detections, "detect"))
+    metrics = read_json(paths.metrics) if paths.metrics.exists() else None
+    items = catalog.read_items(paths.items) if paths.items.exists() else []
+    with dask_progress(f"{site_name}: reading the cube"):
+        cube = cube.load()
+    if paths.change.exists():
+        score = xr.open_zarr(paths.change)["score"]
+    else:
+        from pipeline.kernels.detect import core as detect
+
+        zones = site.zone_raster(site.geobox(cfg.load.resolution_m))
+        log.info("%s: no %s, recomputing the change score", site_name, paths.change)
+        score = detect.detect_cube(
+            cube,
+            zones,
+            [z.name for z in site.zones],
+            [z.kind for z in site.zones],
+            cfg.detect,
+            bands=[b for b in cfg.load.bands if b in cube],
+        ).score
+    out = report.write_report(
+        paths.reports,
+        site_title=site.title,
+        site_name=site.name,
+        cube=cube,
+        detections=detections,
+        coreg=read_json(_require(paths.coreg, "coregister")),
+        load_report=read_json(_require(paths.load_report, "load")),
+        metrics=metrics,
+        zones_utm=[(z.name, site.to_utm(z.geometry)) for z in site.zones],
+        simulated=bool(cube.attrs.get("simulated", 0)),
+        items=list(items),
+        score=score,
+    )
+    report.update_index(paths.reports.parent)
+    log.info("%s: report -> %s", site_name, out)
+    return Path(out)
+
+
+def run_site(cfg: Config, site_name: str) -> dict:
+    """Every stage for one site, in order; returns the metrics."""
+    run_search(cfg, site_name)
+    run_load(cfg, site_name)
+    run_coregister(cfg, site_name)
+    run_detect(cfg, site_name)
+    metrics = run_evaluate(cfg, site_name)
+    run_report(cfg, site_name)
+    return metrics

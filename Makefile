@@ -32,9 +32,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	@$(BIN)/python -m pytest -q -m "not slow"
 
+# ruff, then the layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md).
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/ruff format --check pipeline tests benchmarks
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format pipeline tests benchmarks

@@ -1,4 +1,4 @@
-"""The ``basewatch`` command: thin wrappers over :mod:`pipeline.stages.site`.
+"""The ``basewatch`` command: thin wrappers over :mod:`pipeline.stages` (and the evaluate stage).
 
 Every error a user can cause is reported as one line on stderr with its own exit code
 (:data:`pipeline.errors.EXIT_CODES`); ``--debug`` shows the traceback.
@@ -115,9 +115,10 @@ def _sites(site: list[str] | None) -> list[str]:
 def _per_site(stage: str, site: list[str] | None) -> None:
     def go() -> None:
         names = _sites(site)
+        from pipeline.evaluation import stage as evaluation
         from pipeline.stages import site as stages
 
-        fn = getattr(stages, f"run_{stage}")
+        fn = getattr(evaluation if stage == "evaluate" else stages, f"run_{stage}")
         for name in names:
             result = fn(_config(), name)
             typer.echo(f"{name}: {stage}: {_summary(stage, result)}")
@@ -148,9 +149,9 @@ def demo_catalog() -> None:
     """Generate the SIMULATED demo catalog (COGs + STAC + ground truth) for the configured sites."""
 
     def go() -> Path:
-        from pipeline.stages import site as stages
+        from pipeline.simulate.build import run_demo_catalog
 
-        return stages.run_demo_catalog(_config())
+        return run_demo_catalog(_config())
 
     path = _guard(go)
     typer.echo(f"demo catalog (simulated): {path}")
@@ -198,10 +199,10 @@ def run(site: SiteOpt = None) -> None:
 
     def go() -> None:
         names = _sites(site)
-        from pipeline.stages import site as stages
+        from pipeline.evaluation.stage import run_site
 
         for name in names:
-            metrics = stages.run_site(_config(), name)
+            metrics = run_site(_config(), name)
             typer.echo(f"{name}: done: {_summary('evaluate', metrics)}")
 
     _guard(go)
@@ -280,9 +281,10 @@ def watch(site: SiteOpt = None) -> None:
 
     def go() -> None:
         names = _sites(site)
+        from pipeline.evaluation.stage import watch_metrics
         from pipeline.stages import watch as watching
 
-        report = watching.run_watch(_config(), names)
+        report = watching.run_watch(_config(), names, score=watch_metrics)
         for line in report.lines():
             typer.echo(line)
         for line in report.warnings():

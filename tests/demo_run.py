@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import Config, SitePaths, load_config, site_paths
-from pipeline.stages import site as stages
+from pipeline.evaluation.stage import run_site
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = "tartus"
@@ -67,6 +67,6 @@ def demo_run() -> DemoRun:
         build_demo_catalog(
             cfg.demo.out, seeds_dir=cfg.seeds_dir, sites=[SITE], start=START, end=END
         )
-        metrics = stages.run_site(cfg, SITE)
+        metrics = run_site(cfg, SITE)
         _cache["run"] = DemoRun(root, config_path, cfg, site_paths(cfg, SITE), metrics)
     return _cache["run"]

@@ -9,8 +9,8 @@ from pyproj import Transformer
 from shapely.geometry import shape
 
 from pipeline.errors import DataError
+from pipeline.grid import grid_transform
 from pipeline.kernels.detect.objects import (
-    grid_transform,
     label_geometries,
     region_features,
     zone_of_labels,

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Config, site_paths
-from pipeline.stages import site as stages
+from pipeline.evaluation.stage import run_site
+from pipeline.simulate.build import run_demo_catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +37,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, dict]:
             "seeds_dir": str(ROOT / "seeds"),
         }
     )
-    stages.run_demo_catalog(cfg)
-    metrics = stages.run_site(cfg, "tartus")
+    run_demo_catalog(cfg)
+    metrics = run_site(cfg, "tartus")
     return cfg, metrics
 
 

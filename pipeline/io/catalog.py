@@ -18,12 +18,11 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlsplit, urlunsplit
+from urllib.parse import urlparse
 
 import pystac
 from pystac.stac_io import DefaultStacIO
@@ -32,6 +31,7 @@ from shapely.geometry.base import BaseGeometry
 
 from pipeline.config import CatalogConfig, NetworkConfig
 from pipeline.errors import CatalogError, StageInputError
+from pipeline.io.redact import redact_logs, redact_text, redact_url
 from pipeline.io.signing import signer_for
 
 log = logging.getLogger(__name__)
@@ -196,58 +196,6 @@ def item_epsg(item: pystac.Item) -> int | None:
 
 def _is_url(href: str) -> bool:
     return urlparse(href).scheme in ("http", "https")
-
-
-_URL_SECRET = re.compile(
-    r"(\b[a-z][a-z0-9+.-]*://)([^\s'\"/@]*@)?([^\s'\"?#]*)([?#][^\s'\"]*)?", re.I
-)
-
-
-def redact_url(href: str) -> str:
-    """``href`` without the parts where credentials live: query string, fragment, user info.
-
-    Signed URLs (Planetary Computer SAS tokens ``?st=...&sig=...``, S3 presigned URLs) carry
-    their secret in the query string. Every href this project writes (``items.json``, the watch
-    database, alerts) goes through this function; local paths are returned unchanged.
-    """
-    parts = urlsplit(href)
-    if not parts.scheme or not parts.netloc:
-        return href
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def redact_text(text: str) -> str:
-    """``text`` with the query string and user info of every URL in it replaced by a marker."""
-
-    def sub(m: re.Match[str]) -> str:
-        user = "<redacted>@" if m.group(2) else ""
-        query = "?<redacted>" if m.group(4) else ""
-        return f"{m.group(1)}{user}{m.group(3)}{query}"
-
-    return _URL_SECRET.sub(sub, text)
-
-
-class _RedactingFilter(logging.Filter):
-    """Rewrites log records so that no URL query string (a signing token) reaches a log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        clean = redact_text(msg)
-        if clean != msg:
-            record.msg, record.args = clean, None
-        return True
-
-
-def redact_logs() -> None:
-    """Redact URLs in every record the root logger's handlers write (idempotent).
-
-    Third-party libraries log full request URLs at debug level (urllib3, pystac-client); the
-    filter strips their query strings whatever logger they come from.
-    """
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _RedactingFilter) for f in handler.filters):
-            handler.addFilter(_RedactingFilter())
 
 
 def _has_scheme(href: str) -> bool:

@@ -154,7 +154,7 @@ def configure_logging(
     """Send log records of ``level`` and above to ``stream`` (stderr), as text or JSON lines.
 
     Replaces the handlers of the root logger, so calling it again switches format cleanly; the
-    filters installed on the old handlers (e.g. :func:`pipeline.io.catalog.redact_logs`) are kept.
+    filters installed on the old handlers (e.g. :func:`pipeline.io.redact.redact_logs`) are kept.
 
     Parameters
     ----------

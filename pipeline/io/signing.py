@@ -10,13 +10,13 @@ and appends it to each href of a configured host:
 - as the pystac-client ``modifier`` of a search (:meth:`AssetSigner.sign_inplace`), so Items
   come back signed as Planetary Computer's own examples do;
 - again just before the loader reads (:meth:`AssetSigner.sign_items`): a token from the search
-  is often stale by then, and ``items.json`` never holds one (``catalog.redact_url``);
+  is often stale by then, and ``items.json`` never holds one (``redact.redact_url``);
 - and once more after an HTTP 403 on a read, with the cached token dropped
   (:meth:`AssetSigner.renew`), see :func:`read_signed`.
 
 The token endpoint is ``catalog.token_url`` (else the package's ``PC_SDK_SAS_URL`` setting or its
 default); tests point it and ``catalog.signed_hosts`` at loopback servers. Tokens are secrets:
-they are never logged (``catalog.redact_logs``) nor written (``catalog.write_items``).
+they are never logged (``redact.redact_logs``) nor written (``catalog.write_items``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import pystac
 
 from pipeline.config import CatalogConfig
 from pipeline.errors import AssetAccessError, CatalogError
+from pipeline.io.redact import redact_logs, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,6 @@ class AssetSigner:
     def __init__(self, hosts: Iterable[str], token_url: str | None = None) -> None:
         from planetary_computer.settings import Settings
 
-        from pipeline.io.catalog import redact_logs
-
         redact_logs()  # signed hrefs appear in GDAL's and rasterio's debug records
         self.hosts = tuple(hosts)
         self.token_url = token_url
@@ -120,8 +119,6 @@ class AssetSigner:
         try:
             token = get_token(account, container, retry_total=2, retry_backoff_factor=0.5)
         except Exception as exc:
-            from pipeline.io.catalog import redact_text
-
             msg = redact_text(str(exc).splitlines()[0][:200]) if str(exc) else type(exc).__name__
             raise CatalogError(
                 f"no SAS token for {account}/{container} from "

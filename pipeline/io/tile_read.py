@@ -17,7 +17,7 @@ import numpy as np
 from affine import Affine
 
 from pipeline.errors import DataError
-from pipeline.kernels.detect.objects import grid_transform
+from pipeline.grid import grid_transform
 
 SAMPLE_WINDOW_PX = 32
 """Side of the sample windows of the radiometric fit."""

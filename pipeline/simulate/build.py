@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pystac
 
+from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.io.atomic import atomic_dir, write_json
 from pipeline.simulate.render import SiteSimulation
@@ -115,3 +116,15 @@ def build_demo_catalog(
             write_json(tmp / "truth" / f"{name}.json", truth)
         write_catalog(tmp, items)
     return out / "catalog.json"
+
+
+def run_demo_catalog(cfg: Config) -> Path:
+    """Generate the simulated demo catalog (both sites) into ``cfg.demo.out``."""
+    return Path(
+        build_demo_catalog(
+            cfg.demo.out,
+            seeds_dir=cfg.seeds_dir,
+            seed=cfg.demo.seed,
+            sites=cfg.sites,
+        )
+    )

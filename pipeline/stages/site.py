@@ -36,29 +36,6 @@ def _site(cfg: Config, name: str) -> tuple[Site, SitePaths]:
     return get_site(name, cfg.seeds_dir), site_paths(cfg, name)
 
 
-def truth_path(cfg: Config, site: str) -> Path | None:
-    """Ground truth file beside a local catalog (the demo catalog), or None for a STAC API."""
-    url = cfg.catalog.url
-    if url.startswith(("http://", "https://")):
-        return None
-    p = Path(url).parent / "truth" / f"{site}.json"
-    return p if p.exists() else None
-
-
-def run_demo_catalog(cfg: Config) -> Path:
-    """Generate the simulated demo catalog (both sites) into ``cfg.demo.out``."""
-    from pipeline.simulate import build_demo_catalog
-
-    return Path(
-        build_demo_catalog(
-            cfg.demo.out,
-            seeds_dir=cfg.seeds_dir,
-            seed=cfg.demo.seed,
-            sites=cfg.sites,
-        )
-    )
-
-
 def run_search(cfg: Config, site_name: str) -> int:
     """Search the catalog for the site's Items and write ``items.json``; returns the Item count."""
     site, paths = _site(cfg, site_name)
@@ -195,33 +172,6 @@ def _write_score(score: xr.DataArray, path: Path) -> None:
         ds.to_zarr(tmp, mode="w", consolidated=True)
 
 
-def run_evaluate(cfg: Config, site_name: str) -> dict:
-    """Score detections and co-registration against ground truth where it exists; write metrics."""
-    from pipeline.evaluation import site as evaluate
-
-    _, paths = _site(cfg, site_name)
-    dets = read_json(_require(paths.detections, "detect"))
-    coreg = read_json(_require(paths.coreg, "coregister"))
-    tp = truth_path(cfg, site_name)
-    if tp is None:
-        metrics: dict = {
-            "n_detections": len(dets["features"]),
-            "truth": None,
-            "failed_dates": coreg.get("failed_dates", []),
-        }
-    else:
-        metrics = evaluate.evaluate_site(
-            dets["features"],
-            read_json(tp),
-            coreg,
-            min_object_size_m=cfg.evaluate.min_object_size_m,
-        )
-        metrics["truth"] = "simulated demo catalog"
-        metrics.setdefault("failed_dates", coreg.get("failed_dates", []))
-    write_json(paths.metrics, metrics)
-    return metrics
-
-
 def run_report(cfg: Config, site_name: str) -> Path:
     """Write the site's report folder and the index over sites; returns the report's path.
 
@@ -272,14 +222,3 @@ def run_report(cfg: Config, site_name: str) -> Path:
     report.update_index(paths.reports.parent)
     log.info("%s: report -> %s", site_name, out)
     return Path(out)
-
-
-def run_site(cfg: Config, site_name: str) -> dict:
-    """Every stage for one site, in order; returns the metrics."""
-    run_search(cfg, site_name)
-    run_load(cfg, site_name)
-    run_coregister(cfg, site_name)
-    run_detect(cfg, site_name)
-    metrics = run_evaluate(cfg, site_name)
-    run_report(cfg, site_name)
-    return metrics

@@ -41,7 +41,7 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,7 @@ from pipeline.io import alerts, catalog
 from pipeline.io.atomic import read_json, write_json
 from pipeline.io.store import CLOUDY, COREG_FAILED, KEPT, READ_FAILED, Store, store_path
 from pipeline.sites import Site, get_site, site_path
+from pipeline.stages.watch_window import item_day, item_iso, occupancy, process_window
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,12 @@ class WatchReport:
 # --------------------------------------------------------------------------------------- run
 
 
-def run_watch(cfg: Config, sites: Sequence[str] | None = None) -> WatchReport:
+def run_watch(
+    cfg: Config, sites: Sequence[str] | None = None, score: MetricsFn | None = None
+) -> WatchReport:
     """One watch run over ``sites`` (default: the config's): see the module docstring.
+
+    ``score`` writes the metrics of each site (None: counts only, no ground truth read).
 
     Errors of one site (:class:`BasewatchError`) are collected in the report and do not stop
     the other sites.
@@ -216,7 +221,7 @@ def run_watch(cfg: Config, sites: Sequence[str] | None = None) -> WatchReport:
         with Store(store_path(cfg)) as store:
             for name in sites or cfg.sites:
                 try:
-                    report.results.append(_watch_site(cfg, store, name))
+                    report.results.append(_watch_site(cfg, store, name, score))
                 except BasewatchError as exc:
                     report.errors.append((name, exc))
             report.delivery = alerts.deliver(store, cfg, pause)
@@ -248,21 +253,7 @@ def check_utm_zone(site: Site, seeds_dir: str | Path = "seeds") -> None:
         )
 
 
-def _day(item: Any) -> str:
-    when = item.datetime or item.common_metadata.start_datetime
-    if when is None:
-        raise DataError(f"Item {item.id} has no datetime: it cannot be placed in time")
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.UTC)
-    return when.date().isoformat()
-
-
-def _iso(item: Any) -> str:
-    when = item.datetime or item.common_metadata.start_datetime
-    return when.astimezone(dt.UTC).isoformat() if when.tzinfo else when.isoformat()
-
-
-def _watch_site(cfg: Config, store: Store, name: str) -> SiteResult:
+def _watch_site(cfg: Config, store: Store, name: str, score: MetricsFn | None) -> SiteResult:
     site = get_site(name, cfg.seeds_dir)
     check_utm_zone(site, cfg.seeds_dir)
     paths = site_paths(cfg, name)
@@ -292,15 +283,15 @@ def _watch_site(cfg: Config, store: Store, name: str) -> SiteResult:
     for it in items:
         rec = seen.get(it.id)
         if rec is None or rec["status"] == "retry":
-            (late if last_day and _day(it) <= last_day and rec is None else new).append(it)
+            (late if last_day and item_day(it) <= last_day and rec is None else new).append(it)
     if late:
         with store.transaction():
             for it in late:
-                store.add_item(name, it.id, _iso(it), _day(it), "late", collection=it.collection_id)
+                store.add_item(
+                    name, it.id, item_iso(it), item_day(it), "late", collection=it.collection_id
+                )
         result.late = len(late)
     if new:
-        from pipeline.stages.watch_window import process_window
-
         by_date: dict[str, list[Any]] = {}
         for it in items:
             rec = seen.get(it.id)
@@ -309,7 +300,7 @@ def _watch_site(cfg: Config, store: Store, name: str) -> SiteResult:
         process_window(cfg, store, site, by_date, new, result, pause)
     state = store.site_state(name)
     if state is not None and state.outputs_dirty:
-        update_outputs(cfg, store, site, paths, state.simulated)
+        update_outputs(cfg, store, site, paths, state.simulated, score)
         with store.transaction():
             store.set_outputs_dirty(name, False)
     return result
@@ -341,8 +332,8 @@ def _adopt(store: Store, site: Site, paths: SitePaths) -> str:
             store.add_item(
                 site.name,
                 it.id,
-                _iso(it),
-                _day(it),
+                item_iso(it),
+                item_day(it),
                 "adopted",
                 collection=it.collection_id,
                 assets=assets,
@@ -378,15 +369,6 @@ def _adopt(store: Store, site: Site, paths: SitePaths) -> str:
     return f"adopted {len(items)} Items and {len(feats)} detections from {paths.data}"
 
 
-def occupancy(store: Store, site: Site) -> list[dict[str, Any]]:
-    """The site's occupancy rows from the store's detections and kept dates."""
-    from pipeline.io.store import occupancy_rows
-
-    areas = {z.name: float(site.to_utm(z.geometry).area) for z in site.zones}
-    dets = [f["properties"] for f in store.detections_since(site.name)]
-    return occupancy_rows(dets, [d["date"] for d in store.dates(site.name, KEPT)], areas)
-
-
 # ----------------------------------------------------------------------------------- outputs
 
 
@@ -397,7 +379,14 @@ def _same_json(path: Path, obj: Any) -> bool:
         return False
 
 
-def update_outputs(cfg: Config, store: Store, site: Site, paths: SitePaths, sim: bool) -> None:
+def update_outputs(
+    cfg: Config,
+    store: Store,
+    site: Site,
+    paths: SitePaths,
+    sim: bool,
+    score: MetricsFn | None = None,
+) -> None:
     """Bring ``detections.geojson`` and the metrics up to date with the store.
 
     The GeoJSON gains the stored detections and date pairs of the dates it does not cover yet
@@ -426,7 +415,7 @@ def update_outputs(cfg: Config, store: Store, site: Site, paths: SitePaths, sim:
         fc["pairs"] = sorted(fc["pairs"] + pairs, key=lambda p: str(p.get("date_after")))
         write_json(paths.detections, fc)
     pause("mid-outputs")
-    metrics = _metrics(cfg, store, site, fc["features"])
+    metrics = _metrics(cfg, store, site, fc["features"], score)
     if not _same_json(paths.metrics, metrics):
         write_json(paths.metrics, metrics)
 
@@ -452,25 +441,19 @@ def coreg_record(store: Store, site: str) -> dict[str, Any]:
     }
 
 
-def _metrics(cfg: Config, store: Store, site: Site, features: list[dict]) -> dict[str, Any]:
-    """The metrics ``basewatch evaluate`` would write for these detections."""
-    from pipeline.evaluation import site as evaluate
-    from pipeline.stages.site import truth_path
+MetricsFn = Callable[[Config, str, list[dict], dict[str, Any]], dict[str, Any]]
+"""Scores of a site's detections: ``(cfg, site, features, coreg record) -> metrics``. The CLI
+passes :func:`pipeline.evaluation.stage.watch_metrics` (ground truth is read only there)."""
 
+
+def _metrics(
+    cfg: Config, store: Store, site: Site, features: list[dict], score: MetricsFn | None
+) -> dict[str, Any]:
+    """The metrics ``basewatch evaluate`` would write for these detections (no truth: counts)."""
     coreg = coreg_record(store, site.name)
-    tp = truth_path(cfg, site.name)
-    if tp is None or coreg["reference_date"] is None:  # no truth, or no usable date yet
-        return {
-            "n_detections": len(features),
-            "truth": None if tp is None else "simulated demo catalog (no usable date yet)",
-            "failed_dates": coreg["failed_dates"],
-        }
-    metrics = evaluate.evaluate_site(
-        features, read_json(tp), coreg, min_object_size_m=cfg.evaluate.min_object_size_m
-    )
-    metrics["truth"] = "simulated demo catalog"
-    metrics.setdefault("failed_dates", coreg["failed_dates"])
-    return metrics
+    if score is not None:
+        return score(cfg, site.name, features, coreg)
+    return {"n_detections": len(features), "truth": None, "failed_dates": coreg["failed_dates"]}
 
 
 __all__ = [

@@ -13,6 +13,7 @@ the store keeps one reference for the whole record, as ``coreg.json`` does.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,9 +69,7 @@ def _groups(items: Sequence[pystac.Item], site: Site, cfg: Config) -> list[list[
 
 
 def _first_day(items: Sequence[pystac.Item]) -> str:
-    from pipeline.stages.watch import _day
-
-    return min(_day(it) for it in items)
+    return min(item_day(it) for it in items)
 
 
 def _align(cubes: list[xr.Dataset], estimates: list[Any]) -> xr.Dataset:
@@ -255,7 +254,7 @@ def process_window(
                 store.add_item(
                     name,
                     it.id,
-                    _iso(it),
+                    item_iso(it),
                     day,
                     item_status,
                     collection=it.collection_id,
@@ -295,8 +294,6 @@ def process_window(
             store.add_detection(name, f, "watch")
         pause("mid-db-write")
         if changed:
-            from pipeline.stages.watch import occupancy
-
             store.replace_occupancy(name, occupancy(store, site))
             for f in features:
                 if alerts.wants_alert(f["properties"], cfg.alerts):
@@ -308,7 +305,26 @@ def process_window(
     pause("after-db-write")
 
 
-def _iso(item: pystac.Item) -> str:
-    from pipeline.stages.watch import _iso as iso
+def item_day(item: pystac.Item) -> str:
+    """The Item's UTC date, ``YYYY-MM-DD`` (its datetime, else its start datetime)."""
+    when = item.datetime or item.common_metadata.start_datetime
+    if when is None:
+        raise DataError(f"Item {item.id} has no datetime: it cannot be placed in time")
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.UTC)
+    return when.date().isoformat()
 
-    return iso(item)
+
+def item_iso(item: pystac.Item) -> str:
+    """The Item's datetime (else its start datetime) in ISO 8601, in UTC when it has a zone."""
+    when = item.datetime or item.common_metadata.start_datetime
+    return when.astimezone(dt.UTC).isoformat() if when.tzinfo else when.isoformat()
+
+
+def occupancy(store: Store, site: Site) -> list[dict[str, Any]]:
+    """The site's occupancy rows from the store's detections and kept dates."""
+    from pipeline.io.store import occupancy_rows
+
+    areas = {z.name: float(site.to_utm(z.geometry).area) for z in site.zones}
+    dets = [f["properties"] for f in store.detections_since(site.name)]
+    return occupancy_rows(dets, [d["date"] for d in store.dates(site.name, KEPT)], areas)

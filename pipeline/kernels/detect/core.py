@@ -59,9 +59,10 @@ from scipy import ndimage
 from scipy.stats import chi2
 
 from pipeline.config import DetectConfig
+from pipeline.grid import grid_transform
 from pipeline.kernels.detect import calibration, clouds, multidate, noise, occupancy, onedate
 from pipeline.kernels.detect.neighbourhood import local_background
-from pipeline.kernels.detect.objects import grid_transform, region_features
+from pipeline.kernels.detect.objects import region_features
 from pipeline.kernels.detect.pairwise import (
     DEFAULT_BANDS,
     DetectResult,

@@ -34,33 +34,6 @@ LONLAT_DIGITS = 7
 """Decimals of lon/lat coordinates written (about 1 cm)."""
 
 
-def grid_transform(x: np.ndarray, y: np.ndarray) -> Affine:
-    """Affine transform of a regular grid from its pixel-centre coordinates.
-
-    Parameters
-    ----------
-    x, y
-        1-D pixel-centre coordinates (at least two each), metres in the grid CRS.
-
-    Returns
-    -------
-    affine.Affine
-        Maps (col, row) of pixel corners to (x, y).
-
-    Raises
-    ------
-    DataError
-        When the grid has fewer than two pixels along an axis.
-    """
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.size < 2 or y.size < 2:
-        raise DataError(
-            f"grid of {y.size} x {x.size} pixels: need at least 2 x 2 to know the pixel size"
-        )
-    dx, dy = (x[-1] - x[0]) / (x.size - 1), (y[-1] - y[0]) / (y.size - 1)
-    return Affine(dx, 0.0, x[0] - dx / 2, 0.0, dy, y[0] - dy / 2)
-
-
 def label_geometries(labels: np.ndarray, transform: Affine) -> dict[int, shapely.Geometry]:
     """Polygon (or MultiPolygon) of every non-zero label, in the grid CRS.
 
@@ -178,7 +151,7 @@ def region_features(
     labels
         (y, x) integer label raster, 0 = background.
     transform
-        Affine transform of the grid (see :func:`grid_transform`).
+        Affine transform of the grid (see :func:`pipeline.grid.grid_transform`).
     crs
         CRS of the grid, e.g. ``"EPSG:32636"`` (metric).
     zone_raster

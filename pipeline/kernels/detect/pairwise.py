@@ -73,6 +73,7 @@ from scipy.stats import chi2
 
 from pipeline.config import DetectConfig
 from pipeline.errors import DataError
+from pipeline.grid import grid_transform
 from pipeline.kernels.detect.neighbourhood import (
     dilate,
     gaussian_weights_sq,
@@ -90,7 +91,7 @@ from pipeline.kernels.detect.normalise import (
     null_scale,
     per_group,
 )
-from pipeline.kernels.detect.objects import grid_transform, region_features
+from pipeline.kernels.detect.objects import region_features
 from pipeline.kernels.detect.segment import (
     keep_labels,
     object_properties,

@@ -10,7 +10,7 @@ reported reliability and precision are measured on scenes the model never saw. E
 is kept while fitting (``min_confidence`` 0); each true or false detection (neutral ones, on
 objects too small to score, are left out) is one sample of a logistic model
 (:mod:`pipeline.kernels.detect.calibration`). The model is written to
-``pipeline/kernels/detect/calibration.json`` (or ``--out``) and the fit, with its in-sample
+``pipeline/calibration.json`` (or ``--out``) and the fit, with its in-sample
 reliability, printed as JSON.
 """
 
@@ -32,6 +32,7 @@ from bench_detect import _sweep, _with
 
 from pipeline.config import load_config
 from pipeline.evaluation.sweep import default_plan, reliability
+from pipeline.io import calibration as model_file
 from pipeline.io.atomic import write_json
 from pipeline.kernels.detect import calibration
 from pipeline.kernels.detect.core import DEFAULT_BANDS, series_thresholds
@@ -46,14 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(TRAINING_SEEDS))
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--config", type=Path, default=None, help="Config YAML (params.yaml).")
-    parser.add_argument("--out", type=Path, default=calibration.MODEL_PATH)
+    parser.add_argument("--out", type=Path, default=model_file.MODEL_PATH)
     parser.add_argument("--l2", type=float, default=1.0, help="Ridge penalty of the fit.")
     args = parser.parse_args(argv)
     if 0 in args.seeds:
         parser.error("seed 0 is the reported sweep's: fit on other seeds")
 
     # the detector runs without a model here (the one being fitted may not match it yet)
-    os.environ[calibration.MODEL_ENV] = "none"
+    os.environ[model_file.MODEL_ENV] = "none"
     config = load_config(args.config)
     detect_cfg = _with(config.detect, {"min_confidence": "0"})
     t0 = time.perf_counter()

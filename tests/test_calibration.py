@@ -9,6 +9,8 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.evaluation.sweep import reliability
+from pipeline.io import calibration as model_file
+from pipeline.io.calibration import load_model
 from pipeline.kernels.detect import calibration
 from pipeline.kernels.detect.calibration import (
     FEATURES,
@@ -16,7 +18,6 @@ from pipeline.kernels.detect.calibration import (
     add_mask_distance,
     design,
     fit,
-    load_model,
 )
 from pipeline.kernels.detect.core import _drop_unlikely
 
@@ -87,22 +88,20 @@ def test_design_orders_the_features_and_scales_scores_by_the_seed_level() -> Non
 
 
 def test_the_model_can_be_switched_off_or_replaced(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv(calibration.MODEL_ENV, "none")
-    assert calibration.active_model() is None
+    monkeypatch.setenv(model_file.MODEL_ENV, "none")
+    assert model_file.active_model() is None
     other = Model(0.5, tuple(0.0 for _ in FEATURES))
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(other.to_json()))
-    monkeypatch.setenv(calibration.MODEL_ENV, str(path))
-    assert calibration.active_model().intercept == 0.5
-    monkeypatch.delenv(calibration.MODEL_ENV)
-    assert calibration.active_model() == load_model()
+    monkeypatch.setenv(model_file.MODEL_ENV, str(path))
+    assert model_file.active_model().intercept == 0.5
+    monkeypatch.delenv(model_file.MODEL_ENV)
+    assert model_file.active_model() == load_model()
 
 
 def test_the_shipped_model_ranks_as_its_training_outcomes_say() -> None:
     model = load_model()
-    assert model is not None, (
-        "pipeline/kernels/detect/calibration.json is missing: run benchmarks/calibrate.py"
-    )
+    assert model is not None, "pipeline/calibration.json is missing: run benchmarks/calibrate.py"
     assert 0 not in model.meta["seeds"], "fitted on the reported sweep's seed"
     base = {
         "score_peak": 300.0,

@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from pipeline.config import DetectConfig
 from pipeline.errors import DataError
+from pipeline.io.calibration import active_model
 from pipeline.kernels.detect.core import DEFAULT_BANDS, detect_cube, pair_change
 from pipeline.kernels.detect.neighbourhood import (
     dilate,
@@ -112,7 +113,14 @@ PAIRWISE = DetectConfig(method="pairwise")
 
 
 def _run(cube: xr.Dataset, cfg: DetectConfig | None = None):
-    return detect_cube(cube, _zones(), ZONE_NAMES, ZONE_KINDS, cfg or DetectConfig())
+    return detect_cube(
+        cube,
+        _zones(),
+        ZONE_NAMES,
+        ZONE_KINDS,
+        cfg or DetectConfig(),
+        calibration_model=active_model(),
+    )
 
 
 def _dates(n_t: int) -> list[str]:
@@ -235,9 +243,14 @@ def test_pure_noise_false_alarms_match_the_false_alarm_rate() -> None:
     base = np.array([0.1, 0.12, 0.15, 0.3, 0.25, 0.2], dtype=np.float32)
     data = base[None, :, None, None] + rng.normal(0, 0.01, (n_t, 6, size, size)).astype(np.float32)
     zones = np.zeros((size, size), np.int16)
-    assert detect_cube(_cube(data), zones, (), (), DetectConfig()).features == []  # multidate
+    assert (
+        detect_cube(
+            _cube(data), zones, (), (), DetectConfig(), calibration_model=active_model()
+        ).features
+        == []
+    )  # multidate
     cfg = DetectConfig(method="pairwise", false_alarm_rate=1e-5, grow_false_alarm_rate=1e-2)
-    res = detect_cube(_cube(data), zones, (), (), cfg)
+    res = detect_cube(_cube(data), zones, (), (), cfg, calibration_model=active_model())
     assert res.features == []
     score = res.score.values
     n = np.isfinite(score).sum()
@@ -598,13 +611,34 @@ def test_segment_pair_hysteresis_area_and_seed_rules() -> None:
 def test_inputs_are_checked() -> None:
     cube = _cube(_stack(3))
     with pytest.raises(DataError, match="nir"):
-        detect_cube(cube.drop_vars("nir"), _zones(), ZONE_NAMES, ZONE_KINDS, DetectConfig())
+        detect_cube(
+            cube.drop_vars("nir"),
+            _zones(),
+            ZONE_NAMES,
+            ZONE_KINDS,
+            DetectConfig(),
+            calibration_model=active_model(),
+        )
     with pytest.raises(DataError, match="zone raster"):
-        detect_cube(cube, np.zeros((5, 5), np.int16), ZONE_NAMES, ZONE_KINDS, DetectConfig())
+        detect_cube(
+            cube,
+            np.zeros((5, 5), np.int16),
+            ZONE_NAMES,
+            ZONE_KINDS,
+            DetectConfig(),
+            calibration_model=active_model(),
+        )
     no_crs = cube.copy()
     no_crs.attrs = {}
     with pytest.raises(DataError, match="crs"):
-        detect_cube(no_crs, _zones(), ZONE_NAMES, ZONE_KINDS, DetectConfig())
+        detect_cube(
+            no_crs,
+            _zones(),
+            ZONE_NAMES,
+            ZONE_KINDS,
+            DetectConfig(),
+            calibration_model=active_model(),
+        )
 
 
 def test_single_date_gives_no_pairs() -> None:

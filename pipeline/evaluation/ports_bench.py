@@ -34,6 +34,7 @@ from pipeline.evaluation.ports import (
     score_case,
     series_detections,
 )
+from pipeline.io.calibration import active_model
 from pipeline.simulate.ports import PairCase, PortScene, SeriesCase, ship_lengths_m
 
 __all__ = [
@@ -169,7 +170,15 @@ def run_series_case(
             f"{case.port}: co-registration dropped dates {set(case.dates) - set(dates)}"
         )
     bands = [b for b in cfg.load.bands if b in aligned]
-    result = detect_cube(aligned, np.zeros(scene.ships.shape, np.int32), [], [], cfg.detect, bands)
+    result = detect_cube(
+        aligned,
+        np.zeros(scene.ships.shape, np.int32),
+        [],
+        [],
+        cfg.detect,
+        bands,
+        calibration_model=active_model(),
+    )
     ours = series_detections(result.features, np.asarray(result.labels.values), dates)
     stack = np.stack([aligned[b].values for b in bands], axis=1)
     valid = aligned["valid"].values

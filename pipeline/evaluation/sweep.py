@@ -42,6 +42,7 @@ import xarray as xr
 
 from pipeline.config import CoregisterConfig, DetectConfig
 from pipeline.evaluation.sweep_score import reliability, score_scene
+from pipeline.io.calibration import active_model
 from pipeline.kernels.coregister.shift import apply_shift, apply_shift_mask, coregister_stack
 from pipeline.kernels.detect.core import detect_cube
 from pipeline.simulate.sweep_scene import BANDS, Scenario, make_scene
@@ -202,7 +203,14 @@ def run_scenario(
     scene = make_scene(scn)
     aligned, report = coregister_cube(scene.cube, coreg_cfg)
     ny, nx = aligned.sizes["y"], aligned.sizes["x"]
-    result = detect_cube(aligned, np.zeros((ny, nx), dtype=np.int16), [], [], detect_cfg)
+    result = detect_cube(
+        aligned,
+        np.zeros((ny, nx), dtype=np.int16),
+        [],
+        [],
+        detect_cfg,
+        calibration_model=active_model(),
+    )
     days = [str(np.datetime_as_string(t, unit="D")) for t in aligned["time"].values]
     scores = score_scene(result.features, scene.truth, days, scene.cube["valid"].values)
     return {

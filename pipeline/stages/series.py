@@ -53,6 +53,7 @@ import xarray as xr
 
 from pipeline.config import Config
 from pipeline.errors import CoregistrationError, DataError
+from pipeline.io.calibration import active_model
 from pipeline.io.catalog import BANDS
 from pipeline.io.harmonise import valid_mask
 from pipeline.io.rasters import Grid, InputSpec, date_in_names, describe_input, read_bands
@@ -400,7 +401,13 @@ def detect_series(cube: xr.Dataset, cfg: Config) -> SeriesResult:
         )
     ny, nx = cube.sizes["y"], cube.sizes["x"]
     result = detect_cube(
-        aligned, np.zeros((ny, nx), np.int32), [], [], cfg.detect, bands=list(bands)
+        aligned,
+        np.zeros((ny, nx), np.int32),
+        [],
+        [],
+        cfg.detect,
+        bands=list(bands),
+        calibration_model=active_model(),
     )
     return SeriesResult(
         features=result.features,

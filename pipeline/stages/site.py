@@ -18,6 +18,7 @@ from pipeline.config import Config, SitePaths, site_paths
 from pipeline.errors import DataError, StageInputError
 from pipeline.io import catalog, load, signing
 from pipeline.io.atomic import read_json, write_json, write_text
+from pipeline.io.calibration import active_model
 from pipeline.sites import Site, get_site
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def run_detect(cfg: Config, site_name: str) -> int:
         [z.kind for z in site.zones],
         cfg.detect,
         bands=[b for b in cfg.load.bands if b in cube],
+        calibration_model=active_model(),
     )
     fc = {
         "type": "FeatureCollection",
@@ -204,6 +206,7 @@ def run_report(cfg: Config, site_name: str) -> Path:
             [z.kind for z in site.zones],
             cfg.detect,
             bands=[b for b in cfg.load.bands if b in cube],
+            calibration_model=active_model(),
         ).score
     out = report.write_report(
         paths.reports,

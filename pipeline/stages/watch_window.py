@@ -25,6 +25,7 @@ import xarray as xr
 from pipeline.config import Config
 from pipeline.errors import CatalogError, DataError
 from pipeline.io import alerts, catalog
+from pipeline.io.calibration import active_model
 from pipeline.io.store import CLOUDY, COREG_FAILED, KEPT, READ_FAILED, Store
 from pipeline.sites import Site
 
@@ -129,6 +130,7 @@ def _detect(
         [z.kind for z in site.zones],
         cfg.detect,
         bands=[b for b in cfg.load.bands if b in aligned],
+        calibration_model=active_model(),
     )
     return ref_i, estimates, result.features, result.pairs
 

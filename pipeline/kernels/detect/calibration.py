@@ -6,7 +6,8 @@ are model failures (a cloud seen on two dates, a wrong sign next to a pier), not
 exceedances. What an analyst needs is the share of detections *like this one* that are real.
 That is fitted on outcomes: a logistic model of a few properties of each detection against
 whether it matched a planted change, on generated scenes whose truth is known
-(``benchmarks/calibrate.py`` fits it and writes :data:`MODEL_PATH`; the scenes it fits on are
+(``benchmarks/calibrate.py`` fits it and writes :data:`pipeline.io.calibration.MODEL_PATH`; the
+scenes it fits on are
 never the ones reported by ``benchmarks/bench_detect.py`` or the demo).
 
 The properties (:func:`design`) are what the detector knows of a detection: how far its peak
@@ -21,26 +22,13 @@ generator (a fit with it ranked a dark hull leaving the water as unlikely).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage, optimize
-
-from pipeline.errors import ConfigError
-
-MODEL_PATH = Path(__file__).with_name("calibration.json")
-"""The fitted model shipped with the package (written by ``benchmarks/calibrate.py``)."""
-
-MODEL_ENV = "BASEWATCH_CALIBRATION"
-"""Environment variable naming another model file, or ``none`` for the noise-only confidence
-(``benchmarks/calibrate.py`` sets it while it runs the detector on its training scenes)."""
 
 MASK_DISTANCE_CAP_PX = 30
 """Distances to a masked pixel are capped here (farther is as good as no cloud at all)."""
@@ -199,35 +187,6 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, meta: Mapping | None = No
     w0 = np.zeros(x.shape[1] + 1)
     res = optimize.minimize(loss, w0, jac=True, method="L-BFGS-B")
     return Model(float(res.x[0]), tuple(float(c) for c in res.x[1:]), meta=meta)
-
-
-@cache
-def load_model(path: Path = MODEL_PATH) -> Model | None:
-    """The shipped model, or None when no model file exists (confidence stays noise-only).
-
-    Raises
-    ------
-    ConfigError
-        When the file exists but is not a model of the current :data:`FEATURES`.
-    """
-    if not path.exists():
-        return None
-    raw = json.loads(path.read_text())
-    if raw.get("kind") != "basewatch-calibration" or tuple(raw.get("features", ())) != FEATURES:
-        raise ConfigError(
-            f"{path}: not a calibration model of the features {FEATURES}: "
-            "refit it with benchmarks/calibrate.py"
-        )
-    return Model(float(raw["intercept"]), tuple(raw["coef"]), meta=raw.get("meta"))
-
-
-def active_model() -> Model | None:
-    """The model the detector uses: :data:`MODEL_ENV`'s file if set (``none``: no model),
-    else the shipped :data:`MODEL_PATH` (see :func:`load_model`)."""
-    chosen = os.environ.get(MODEL_ENV, "").strip()
-    if chosen.lower() == "none":
-        return None
-    return load_model(Path(chosen) if chosen else MODEL_PATH)
 
 
 def calibrate(features: list[dict], seed_level: float, model: Model | None) -> None:

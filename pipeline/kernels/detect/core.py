@@ -104,6 +104,8 @@ def detect_cube(
     zone_kinds: Sequence[str],
     cfg: DetectConfig,
     bands: Sequence[str] = DEFAULT_BANDS,
+    *,
+    calibration_model: calibration.Model | None,
 ) -> DetectResult:
     """Detect removed and appeared objects in an aligned cube (see the module docstring).
 
@@ -120,6 +122,10 @@ def detect_cube(
         Detection parameters (``cfg.method`` picks the method).
     bands
         Bands compared.
+    calibration_model
+        The confidence model of the multi-date method (the stages pass
+        :func:`pipeline.io.calibration.active_model`); None: confidence stays noise-only and
+        nothing is dropped by ``cfg.min_confidence``.
 
     Returns
     -------
@@ -141,7 +147,9 @@ def detect_cube(
     if cfg.method == "pairwise":
         result = detect_pairwise(cube, zone_raster, zone_names, zone_kinds, cfg, bands)
     else:
-        result = _detect_multidate(cube, zone_raster, zone_names, zone_kinds, cfg, bands)
+        result = _detect_multidate(
+            cube, zone_raster, zone_names, zone_kinds, cfg, bands, calibration_model
+        )
     dates = [str(np.datetime_as_string(t, unit="D")) for t in cube["time"].values]
     result.occupancy = _occupancy(result, zone_raster, zone_names, dates, cube)
     return result
@@ -187,6 +195,7 @@ def _detect_multidate(
     zone_kinds: Sequence[str],
     cfg: DetectConfig,
     bands: Sequence[str],
+    calibration_model: calibration.Model | None,
 ) -> DetectResult:
     bands, crs, zone_raster = check_inputs(cube, zone_raster, bands)
     stack, valid = stack_inputs(cube, bands)
@@ -331,9 +340,8 @@ def _detect_multidate(
             bands,
         )
     calibration.add_mask_distance(features, labels_all, ~exc.valid, dates)
-    model = calibration.active_model()
-    calibration.calibrate(features, seed_thr, model)
-    if model is not None and cfg.min_confidence > 0:
+    calibration.calibrate(features, seed_thr, calibration_model)
+    if calibration_model is not None and cfg.min_confidence > 0:
         features = _drop_unlikely(features, labels_all, pairs, cfg.min_confidence)
     attrs = {"crs": crs}
     score_da = xr.DataArray(

@@ -213,7 +213,7 @@ def where() -> None:
     """Print where the reports and metrics of the configured sites are."""
 
     def go() -> None:
-        from pipeline.config import site_paths
+        from pipeline.paths import site_paths
 
         cfg = _config()
         for name in cfg.sites:

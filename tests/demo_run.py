@@ -16,8 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import Config, SitePaths, load_config, site_paths
+from pipeline.config import Config, load_config
 from pipeline.evaluation.stage import run_site
+from pipeline.paths import SitePaths, site_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = "tartus"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, load_config, site_paths
+from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError
+from pipeline.paths import site_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

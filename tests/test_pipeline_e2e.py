@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, site_paths
+from pipeline.config import Config
 from pipeline.evaluation.stage import run_site
+from pipeline.paths import site_paths
 from pipeline.simulate.build import run_demo_catalog
 
 ROOT = Path(__file__).resolve().parents[1]

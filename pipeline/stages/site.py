@@ -1,7 +1,7 @@
 """The stages of a site's run, one function each: the CLI, DVC and notebooks all call these.
 
 Each stage reads the outputs of the stage before it from ``data/<site>/`` (see
-:class:`pipeline.config.SitePaths`), calls the pure kernels, and writes its own outputs atomically.
+:class:`pipeline.paths.SitePaths`), calls the pure kernels, and writes its own outputs atomically.
 Only this module decides when lazy arrays are computed.
 """
 
@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pipeline.config import Config, SitePaths, site_paths
+from pipeline.config import Config
 from pipeline.errors import DataError, StageInputError
 from pipeline.io import catalog, load, signing
 from pipeline.io.atomic import read_json, write_json, write_text
 from pipeline.io.calibration import active_model
+from pipeline.paths import SitePaths, site_paths
 from pipeline.sites import Site, get_site
 
 log = logging.getLogger(__name__)

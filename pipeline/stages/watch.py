@@ -47,11 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, SitePaths, site_paths
+from pipeline.config import Config
 from pipeline.errors import BasewatchError, DataError, LockedError, SiteError
 from pipeline.io import alerts, catalog
 from pipeline.io.atomic import read_json, write_json
 from pipeline.io.store import CLOUDY, COREG_FAILED, KEPT, READ_FAILED, Store, store_path
+from pipeline.paths import SitePaths, site_paths
 from pipeline.sites import Site, get_site, site_path
 from pipeline.stages.watch_window import item_day, item_iso, occupancy, process_window
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +43,7 @@ from urllib.parse import urlsplit
 
 from pipeline.config import AlertsConfig, Config
 from pipeline.errors import ConfigError
+from pipeline.io.atomic import write_text
 from pipeline.io.catalog import redact_text
 from pipeline.io.store import Store
 
@@ -140,17 +140,7 @@ def append_alerts(path: Path, payloads: Sequence[Mapping[str, Any]]) -> int:
         return 0
     if old and not old.endswith("\n"):
         old += "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(old + "".join(new))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, old + "".join(new))
     return len(new)
 
 

@@ -1,4 +1,9 @@
-"""Small helpers for crash-safe writes: every output goes to a temporary name, then is renamed."""
+"""Crash-safe writes: every output goes to a temporary name beside it, then is renamed.
+
+:func:`atomic_file` is the one writer of a file (any format: the caller writes the temporary
+path, with any library); :func:`write_text` and :func:`write_json` use it; :func:`atomic_dir`
+does the same for a folder (zarr stores, report folders).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,49 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+PUBLIC_MODE = 0o644
+"""Permissions of outputs meant to be read by others (reports, rasters, GeoParquet)."""
 
-def write_text(path: str | Path, text: str) -> Path:
+
+@contextmanager
+def atomic_file(
+    path: str | Path, *, suffix: str = ".tmp", mode: int | None = None
+) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path
+        Destination file; its folder is created if needed.
+    suffix
+        Suffix of the temporary name (``.tmp.tif`` where a library reads the extension).
+    mode
+        Permissions given to the file before the rename; None keeps those of
+        :func:`tempfile.mkstemp` (owner only).
+
+    Yields
+    ------
+    Path
+        The temporary file (it exists, empty), to be written by the caller.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str, *, mode: int | None = None) -> Path:
     """Write ``text`` to ``path`` atomically (temporary file beside it, then rename).
 
     Parameters
@@ -20,26 +66,20 @@ def write_text(path: str | Path, text: str) -> Path:
     path
         Destination file; its folder is created if needed.
     text
-        The content.
+        The content (UTF-8).
+    mode
+        Permissions of the file (see :func:`atomic_file`).
 
     Returns
     -------
     Path
         The written path.
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    with atomic_file(path, mode=mode) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def write_json(path: str | Path, obj: Any, *, indent: int | None = 1) -> Path:

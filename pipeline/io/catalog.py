@@ -31,6 +31,7 @@ from shapely.geometry.base import BaseGeometry
 
 from pipeline.config import CatalogConfig, NetworkConfig
 from pipeline.errors import CatalogError, StageInputError
+from pipeline.io.atomic import PUBLIC_MODE, write_text
 from pipeline.io.redact import redact_logs, redact_text, redact_url
 from pipeline.io.signing import signer_for
 
@@ -566,16 +567,8 @@ def write_items(items: Iterable[pystac.Item], path: str | Path) -> Path:
     Path
         ``path``.
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     doc = {"type": "FeatureCollection", "features": [_portable_dict(it) for it in items]}
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
+    return write_text(path, json.dumps(doc, indent=1), mode=PUBLIC_MODE)
 
 
 def read_items(path: str | Path) -> pystac.ItemCollection:

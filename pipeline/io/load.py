@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import re
-import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +30,7 @@ from odc.geo.geobox import GeoBox
 
 from pipeline.config import LoadConfig, NetworkConfig
 from pipeline.errors import AssetAccessError, CatalogError, DataError, StageInputError
+from pipeline.io.atomic import atomic_dir
 from pipeline.io.catalog import (
     BANDS,
     SCL,
@@ -547,12 +546,6 @@ def write_cube(ds: xr.Dataset, path: str | Path) -> Path:
         ``path``.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    old = p.with_name(f".{p.name}.old-{os.getpid()}")
-    for leftover in (tmp, old):
-        if leftover.exists():
-            shutil.rmtree(leftover)
     chunks = {k: v for k, v in _zarr_chunks(ds).items() if k in ds.dims}
     out = ds.chunk(chunks)
     for var in out.variables.values():
@@ -561,18 +554,9 @@ def write_cube(ds: xr.Dataset, path: str | Path) -> Path:
     for name, arr in out.data_vars.items():
         if arr.dtype.kind in "biu":
             encoding[str(name)] = {"_FillValue": None}
-    try:
-        with warnings.catch_warnings(), _reading(f"write {p}"):
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            out.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True)
-        if p.exists():
-            os.replace(p, old)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists():
-            shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(p) as tmp, warnings.catch_warnings(), _reading(f"write {p}"):
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        out.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True)
     return p
 
 

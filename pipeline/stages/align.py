@@ -23,8 +23,6 @@ reference grid's pixel size (geodesic at the image centre for a geographic CRS).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
 
 from pipeline.errors import CoregistrationError, DataError
+from pipeline.io.atomic import atomic_file
 from pipeline.kernels.coregister.affine import AffineModel, apply_affine
 from pipeline.kernels.coregister.local import LocalEstimate, estimate_local
 from pipeline.kernels.coregister.shift import ShiftEstimate, estimate_shift
@@ -302,9 +301,7 @@ def _write_aligned(
         "predictor": 3,
         "BIGTIFF": "IF_SAFER",
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.tif", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_file(out, suffix=".tmp.tif") as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(target) as src:
@@ -318,10 +315,6 @@ def _write_aligned(
                         dst.write(_warp(target, b, grid, dst_transform), b)
                     if descriptions[b - 1]:
                         dst.set_band_description(b, descriptions[b - 1])
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _lazy(band: np.ndarray) -> da.Array:

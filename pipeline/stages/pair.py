@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,7 @@ from scipy.stats import chi2
 
 from pipeline.config import Config, DetectConfig
 from pipeline.errors import DataError
-from pipeline.io.atomic import write_json
+from pipeline.io.atomic import atomic_file, write_json
 from pipeline.io.catalog import BANDS
 from pipeline.io.harmonise import SCL_DILATED, valid_mask
 from pipeline.io.rasters import Grid, InputSpec, describe_input, read_bands, reference_grid
@@ -470,16 +469,11 @@ def _write_tif(path: Path, array: np.ndarray, grid: Grid, nodata: float) -> None
     }
     if array.dtype.kind == "f":
         profile["predictor"] = 3
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.tif", dir=path.parent)
-    os.close(fd)
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(array, 1)
-        os.chmod(tmp, OUTPUT_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with (
+        atomic_file(path, suffix=".tmp.tif", mode=OUTPUT_MODE) as tmp,
+        rasterio.open(tmp, "w", **profile) as dst,
+    ):
+        dst.write(array, 1)
 
 
 def write_pair(result: PairResult, grid: Grid, out: str | Path) -> dict[str, str]:

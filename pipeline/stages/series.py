@@ -42,8 +42,8 @@ import datetime as dt
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ import xarray as xr
 
 from pipeline.config import Config
 from pipeline.errors import CoregistrationError, DataError
+from pipeline.io.atomic import atomic_file
 from pipeline.io.calibration import active_model
 from pipeline.io.catalog import BANDS
 from pipeline.io.harmonise import valid_mask
@@ -510,22 +511,13 @@ def write_series(features: list[dict], summary: dict[str, Any], out: str | Path)
         ),
         "series.json": json.dumps(summary, indent=1, default=str),
     }
-    temps: dict[str, str] = {}
-    try:
+    with ExitStack() as stack:  # both written before either is renamed
         for name, text in docs.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            temps[name] = tmp
-            with os.fdopen(fd, "w") as f:
+            tmp = stack.enter_context(atomic_file(out / name, mode=OUTPUT_MODE))
+            with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, OUTPUT_MODE)
-        for name, tmp in temps.items():
-            os.replace(tmp, out / name)
-    except BaseException:
-        for tmp in temps.values():
-            Path(tmp).unlink(missing_ok=True)
-        raise
     return {
         "detections": str(out / "detections.geojson"),
         "summary": str(out / "series.json"),

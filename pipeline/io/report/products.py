@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pyproj import Transformer
 from shapely.geometry import box
 
 from pipeline.errors import DataError
+from pipeline.io.atomic import PUBLIC_MODE, atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,6 @@ class ChangeProduct:
     """Largest score of the pair, None when nothing was scored."""
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-
-
 def write_detections_parquet(detections: Mapping[str, Any], path: str | Path) -> Path:
     """Write a lon/lat detections FeatureCollection as GeoParquet, atomically.
 
@@ -97,12 +93,8 @@ def write_detections_parquet(detections: Mapping[str, Any], path: str | Path) ->
         gdf = gpd.GeoDataFrame.from_features(features, crs="EPSG:4326")
     else:
         gdf = gpd.GeoDataFrame({"id": [], "kind": []}, geometry=[], crs="EPSG:4326")
-    tmp = _tmp_name(p)
-    try:
+    with atomic_file(p, suffix=f".tmp{p.suffix}", mode=PUBLIC_MODE) as tmp:
         gdf.to_parquet(tmp, index=False)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
     return p
 
 
@@ -158,9 +150,8 @@ def write_change_cogs(score: xr.DataArray, out_dir: str | Path, *, crs: str) -> 
         da = da.rio.write_crs(crs).rio.write_nodata(np.float32(np.nan), encoded=False)
         name = f"score_{before}_{after}.tif"
         path = folder / name
-        tmp = _tmp_name(path)
         n_overviews = max(1, int(np.ceil(np.log2(max(values.shape) / COG_BLOCKSIZE))))
-        try:
+        with atomic_file(path, suffix=f".tmp{path.suffix}", mode=PUBLIC_MODE) as tmp:
             da.rio.to_raster(
                 tmp,
                 driver="COG",
@@ -172,9 +163,6 @@ def write_change_cogs(score: xr.DataArray, out_dir: str | Path, *, crs: str) -> 
                 },
                 **COG_OPTIONS,
             )
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         finite = np.isfinite(values)
         products.append(
             ChangeProduct(

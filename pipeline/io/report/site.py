@@ -32,8 +32,6 @@ import datetime as dt
 import io
 import json
 import logging
-import os
-import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +43,7 @@ import pystac
 import xarray as xr
 from shapely.geometry.base import BaseGeometry
 
-from pipeline.io.atomic import atomic_dir, read_json, write_json
+from pipeline.io.atomic import PUBLIC_MODE, atomic_dir, read_json, write_json, write_text
 from pipeline.io.progress import progress
 from pipeline.io.report import html as h
 from pipeline.io.report import products, quicklook
@@ -135,9 +133,7 @@ def _csv(rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str]) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, text, mode=PUBLIC_MODE)
 
 
 def _summary(

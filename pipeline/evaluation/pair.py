@@ -109,7 +109,8 @@ def oscd_city(folder: str | Path, config: Config) -> dict[str, Any]:
     from rasterio.errors import NotGeoreferencedWarning
 
     from pipeline.evaluation.ports import pair_detections
-    from pipeline.stages.pair import detect_pair, pixel_size_m, prepare_pair
+    from pipeline.grid import pixel_size_m
+    from pipeline.stages.pair import detect_pair, prepare_pair
 
     folder = Path(folder)
     with warnings.catch_warnings():

@@ -91,7 +91,8 @@ def run_pair_case(
         Counts of basewatch, counts of the baseline (:func:`pipeline.evaluation.ports.score_case`)
         and what was run (co-registration, thresholds).
     """
-    from pipeline.stages.pair import detect_pair, pixel_size_m, prepare_pair
+    from pipeline.grid import pixel_size_m
+    from pipeline.stages.pair import detect_pair, prepare_pair
 
     with tempfile.TemporaryDirectory(prefix="bench_real_") as tmp:
         before = write_band_folder(Path(tmp) / "20240101", case.before, scene.band_names, scene)

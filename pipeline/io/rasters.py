@@ -39,11 +39,11 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import rasterio
-from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.warp import Resampling, reproject
 
 from pipeline.errors import BasewatchError, DataError
+from pipeline.grid import Grid
 from pipeline.io.catalog import BANDS, S2_BAND_IDS, SCL
 
 __all__ = [
@@ -74,33 +74,6 @@ _BAND_FILE = re.compile(
 )
 _DATE_IN_NAME = re.compile(r"(?<!\d)(20\d{2})(0[1-9]|1[0-2])([0-2]\d|3[01])(?:T\d{6})?(?!\d)")
 _LEVEL_IN_NAME = re.compile(r"(?:MSI|_|^)(L1C|L2A)(?:_|$)", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A north-up raster grid: CRS, affine transform (pixel corners) and shape (rows, cols)."""
-
-    crs: Any
-    """rasterio CRS."""
-    transform: Affine
-    """Maps (col, row) of pixel corners to (x, y) in ``crs``."""
-    shape: tuple[int, int]
-    """(rows, cols)."""
-
-    def same_as(self, other: Grid) -> bool:
-        """True when both grids are the same pixels (CRS, shape, transform within 1e-6 px)."""
-        if self.shape != other.shape or self.crs != other.crs:
-            return False
-        tol = 1e-6 * max(abs(self.transform.a), abs(self.transform.e))
-        return all(
-            abs(a - b) <= tol for a, b in zip(self.transform[:6], other.transform[:6], strict=True)
-        )
-
-    @property
-    def crs_name(self) -> str:
-        """``EPSG:xxxx`` when the CRS has a code, else its WKT."""
-        epsg = self.crs.to_epsg() if self.crs is not None else None
-        return f"EPSG:{epsg}" if epsg else str(self.crs)
 
 
 @dataclass(frozen=True)

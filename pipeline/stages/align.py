@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +36,12 @@ from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
 
 from pipeline.errors import CoregistrationError, DataError
+from pipeline.grid import Grid, pixel_size_m
 from pipeline.io.atomic import atomic_file
 from pipeline.kernels.coregister.affine import AffineModel, apply_affine
 from pipeline.kernels.coregister.local import LocalEstimate, estimate_local
 from pipeline.kernels.coregister.shift import ShiftEstimate, estimate_shift
+from pipeline.kernels.coregister.window import best_window
 
 __all__ = ["GLOBAL_WINDOW_PX", "align_files"]
 
@@ -52,30 +53,13 @@ _WRITE_CHUNK_PX = 2048
 """Chunk of the corrected output computed and written at a time (same-grid case)."""
 
 
-@dataclass(frozen=True)
-class _Grid:
-    """A raster grid: CRS (None when not georeferenced), transform and shape (rows, cols)."""
-
-    crs: Any
-    transform: Affine
-    shape: tuple[int, int]
-
-    def same_as(self, other: _Grid) -> bool:
-        if self.shape != other.shape or self.crs != other.crs:
-            return False
-        tol = 1e-6 * max(abs(self.transform.a), abs(self.transform.e))
-        return all(
-            abs(a - b) <= tol for a, b in zip(self.transform[:6], other.transform[:6], strict=True)
-        )
-
-
-def _open(path: Path, band: int) -> tuple[_Grid, int]:
+def _open(path: Path, band: int) -> tuple[Grid, int]:
     """Grid and band count of ``path``; DataError when unreadable or ``band`` is out of range."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                grid = _Grid(src.crs, src.transform, (src.height, src.width))
+                grid = Grid(src.crs, src.transform, (src.height, src.width))
                 count = src.count
     except (RasterioError, OSError) as exc:
         raise DataError(
@@ -97,7 +81,7 @@ def _read(path: Path, band: int) -> np.ndarray:
     return np.ma.filled(data.astype(np.float32), np.nan)
 
 
-def _warp(path: Path, band: int, grid: _Grid, dst_transform: Affine | None = None) -> np.ndarray:
+def _warp(path: Path, band: int, grid: Grid, dst_transform: Affine | None = None) -> np.ndarray:
     """One band of ``path`` resampled (cubic) onto ``grid``; NaN outside its footprint."""
     source = _read(path, band)
     with rasterio.open(path) as src:
@@ -118,35 +102,9 @@ def _warp(path: Path, band: int, grid: _Grid, dst_transform: Affine | None = Non
     return out
 
 
-def _best_window(valid: np.ndarray, size: int) -> tuple[slice, slice]:
-    """The ``size`` window (or the whole image) with the most valid pixels among 9 candidates."""
-    h, w = min(size, valid.shape[0]), min(size, valid.shape[1])
-    best, best_count = (0, 0), -1
-    for fr in (0.5, 0.2, 0.8):  # the centre wins ties
-        for fc in (0.5, 0.2, 0.8):
-            r0, c0 = round(fr * (valid.shape[0] - h)), round(fc * (valid.shape[1] - w))
-            count = int(valid[r0 : r0 + h, c0 : c0 + w].sum())
-            if count > best_count:
-                best, best_count = (r0, c0), count
-    return slice(best[0], best[0] + h), slice(best[1], best[1] + w)
-
-
-def _pixel_size_m(grid: _Grid) -> tuple[float, float] | None:
+def _pixel_size_m(grid: Grid) -> tuple[float, float] | None:
     """Ground size (x, y) of a reference pixel in metres; None without a CRS."""
-    if grid.crs is None:
-        return None
-    t = grid.transform
-    step_x, step_y = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
-    if grid.crs.is_geographic:
-        from pyproj import Geod
-
-        lon, lat = t @ (grid.shape[1] / 2, grid.shape[0] / 2)
-        geod = Geod(ellps="WGS84")
-        dx = geod.inv(lon - step_x / 2, lat, lon + step_x / 2, lat)[2]
-        dy = geod.inv(lon, lat - step_y / 2, lon, lat + step_y / 2)[2]
-        return float(dx), float(dy)
-    factor = float(grid.crs.linear_units_factor[1])
-    return step_x * factor, step_y * factor
+    return None if grid.crs is None else pixel_size_m(grid)
 
 
 def _crs_name(crs: Any) -> str | None:
@@ -239,7 +197,7 @@ def align_files(
             f"{target} does not overlap {reference} (no valid pixel of band {band} on the "
             "reference grid): pass rasters of the same area"
         )
-    rows, cols = _best_window(np.isfinite(ref_band) & np.isfinite(tgt_band), GLOBAL_WINDOW_PX)
+    rows, cols = best_window(np.isfinite(ref_band) & np.isfinite(tgt_band), GLOBAL_WINDOW_PX)
     est = estimate_shift(ref_band[rows, cols], tgt_band[rows, cols])
     loc = _local(ref_band, tgt_band, est) if local else None
     kind, model = _correction(est, loc)
@@ -281,7 +239,7 @@ def _pixel_affine(model: AffineModel) -> Affine:
 
 
 def _write_aligned(
-    target: Path, count: int, grid: _Grid, same_grid: bool, model: AffineModel, out: Path
+    target: Path, count: int, grid: Grid, same_grid: bool, model: AffineModel, out: Path
 ) -> None:
     """Write every band of ``target`` on ``grid``, corrected by ``model``; temp file, rename."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -53,11 +53,11 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from scipy import ndimage
 from scipy.stats import chi2
 
 from pipeline.config import Config, DetectConfig
 from pipeline.errors import DataError
+from pipeline.grid import pixel_size_m
 from pipeline.io.atomic import atomic_file, write_json
 from pipeline.io.catalog import BANDS
 from pipeline.io.harmonise import SCL_DILATED, valid_mask
@@ -68,6 +68,7 @@ from pipeline.kernels.coregister.shift import (
     apply_shift_mask,
     estimate_shift,
 )
+from pipeline.kernels.coregister.window import best_window
 from pipeline.kernels.detect.core import pair_change, thresholds
 from pipeline.kernels.detect.objects import region_features
 from pipeline.kernels.detect.onedate import QUIET_RATE, sign_margin
@@ -151,42 +152,6 @@ class PairResult:
     """JSON-ready account of the run (``pair.json``)."""
 
 
-def pixel_size_m(grid: Grid) -> tuple[float, float]:
-    """Ground size (x, y) of a pixel of ``grid`` in metres (geodesic at the centre if lon/lat)."""
-    t = grid.transform
-    step_x, step_y = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
-    if grid.crs.is_geographic:
-        from pyproj import Geod
-
-        lon, lat = t @ (grid.shape[1] / 2, grid.shape[0] / 2)
-        geod = Geod(ellps="WGS84")
-        dx = geod.inv(lon - step_x / 2, lat, lon + step_x / 2, lat)[2]
-        dy = geod.inv(lon, lat - step_y / 2, lon, lat + step_y / 2)[2]
-        return float(dx), float(dy)
-    factor = float(grid.crs.linear_units_factor[1])
-    return step_x * factor, step_y * factor
-
-
-def _best_window(valid: np.ndarray, size: int, image: np.ndarray) -> tuple[slice, slice]:
-    """The ``size`` window (or the whole image) of 9 candidates with the most valid structure.
-
-    Each candidate is scored by the gradient magnitude of ``image`` summed over its valid
-    pixels: a window of open sea holds only noise to register on (a port scene is mostly sea),
-    one over the quays and the town holds edges.
-    """
-    h, w = min(size, valid.shape[0]), min(size, valid.shape[1])
-    filled = np.where(valid, np.nan_to_num(image), np.nanmedian(image[valid]) if valid.any() else 0)
-    edges = np.hypot(ndimage.sobel(filled, 0), ndimage.sobel(filled, 1)) * valid
-    best, best_score = (0, 0), -1.0
-    for fr in (0.5, 0.2, 0.8):
-        for fc in (0.5, 0.2, 0.8):
-            r0, c0 = round(fr * (valid.shape[0] - h)), round(fc * (valid.shape[1] - w))
-            score = float(edges[r0 : r0 + h, c0 : c0 + w].sum())
-            if score > best_score:
-                best, best_score = (r0, c0), score
-    return slice(best[0], best[0] + h), slice(best[1], best[1] + w)
-
-
 def _validity(stack: np.ndarray, scl: np.ndarray | None, dilation_px: int) -> np.ndarray:
     ok = np.isfinite(stack).all(axis=0)
     if scl is not None:
@@ -205,7 +170,7 @@ def _coregister(
     """Shift of the after date on the before date, in the most structured valid window."""
     c = cfg.coregister
     ref_band = bands.index(next((b for b in (c.band, "nir", "red") if b in bands), bands[-1]))
-    rows, cols = _best_window(ok_b & ok_a, COREG_WINDOW_PX, stack_b[ref_band])
+    rows, cols = best_window(ok_b & ok_a, COREG_WINDOW_PX, stack_b[ref_band])
     return estimate_shift(
         stack_b[ref_band, rows, cols],
         stack_a[ref_band, rows, cols],

@@ -244,7 +244,7 @@ def series_grid(spec: InputSpec) -> tuple[Grid, str]:
     from rasterio.crs import CRS as RioCRS
     from rasterio.warp import calculate_default_transform
 
-    from pipeline.stages.pair import pixel_size_m
+    from pipeline.grid import pixel_size_m
 
     grid = input_grid(spec)
     crs = CRS.from_user_input(grid.crs.to_wkt())
@@ -431,7 +431,7 @@ def _summary(
     cfg: Config,
 ) -> dict[str, Any]:
     """The JSON-ready account of a run (``series.json``)."""
-    from pipeline.stages.pair import pixel_size_m
+    from pipeline.grid import pixel_size_m
 
     first = input_grid(series[0].spec)
     px, py = pixel_size_m(grid)

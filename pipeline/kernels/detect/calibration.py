@@ -7,8 +7,7 @@ exceedances. What an analyst needs is the share of detections *like this one* th
 That is fitted on outcomes: a logistic model of a few properties of each detection against
 whether it matched a planted change, on generated scenes whose truth is known
 (``benchmarks/calibrate.py`` fits it and writes :data:`pipeline.io.calibration.MODEL_PATH`; the
-scenes it fits on are
-never the ones reported by ``benchmarks/bench_detect.py`` or the demo).
+scenes it fits on are never the ones reported by ``benchmarks/bench_detect.py`` or the demo).
 
 The properties (:func:`design`) are what the detector knows of a detection: how far its peak
 and mean scores pass the seed level, how many seed pixels it has, whether it is a one-date

@@ -221,3 +221,59 @@ def test_a_ship_away_on_several_dates_leaves_the_same_water() -> None:
         foot = wf.footprints[one - 1] & ~((scene.ships > 0) & (scene.ships != one))
         np.testing.assert_array_equal(date_a[:, foot], date_b[:, foot])
         assert not np.array_equal(date_a[:, foot], scene.bands[:, foot])  # it was filled
+
+
+def test_a_removed_ship_is_filled_with_a_patch_of_the_nearest_water() -> None:
+    """The fill is the footprint's shape copied from the nearest place wholly on water (its
+    texture: equal to the scene there up to one offset per band), at the level of the water
+    right around the ship (a synthetic scene: a quay, a textured basin whose level rises
+    eastwards, one ship moored at the quay)."""
+    from affine import Affine
+    from scipy import ndimage
+
+    from pipeline.simulate.ports import RING_PX, PortScene, water_fill, water_map
+
+    ny, nx = 80, 120
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    bands = np.empty((5, ny, nx), np.float32)
+    level = 0.03 + 0.0004 * xx + 0.002 * np.sin(yy / 3.0) * np.cos(xx / 4.0)
+    for b, scale in enumerate((1.2, 1.0, 0.8, 0.5, 0.4)):
+        bands[b] = level * scale
+    bands[:, :, :20] = 0.25  # the quay (bright in every band)
+    ship = np.zeros((ny, nx), bool)
+    ship[30:40, 21:27] = True  # alongside the quay
+    bands[:, ship] = 0.2
+    scene = PortScene(
+        "synthetic",
+        bands,
+        ("blue", "green", "red", "nir", "swir16"),
+        ship.astype(np.int32),
+        [ship],
+        Affine(10.0, 0, 0, 0, -10.0, 0),
+        "EPSG:3857",
+        10.0,
+    )
+    wf = water_fill(scene)
+    filled = water_map(scene, np.random.default_rng(0), wf)
+    rows, cols = np.nonzero(wf.footprints[0])
+    fill = filled[:, rows, cols]
+    found = None
+    for dy in range(-40, 41):
+        for dx in range(-60, 61):
+            r, c = rows + dy, cols + dx
+            if (dy, dx) == (0, 0) or r.min() < 0 or c.min() < 0 or r.max() >= ny or c.max() >= nx:
+                continue
+            diff = scene.bands[:, r, c] - fill
+            if np.all(np.ptp(diff, axis=1) < 1e-6):
+                found = (dy, dx)
+                break
+        if found:
+            break
+    assert found is not None, "the fill is not a patch of the scene's texture"
+    assert wf.water[rows + found[0], cols + found[1]].all()
+    assert np.hypot(*found) < 15  # the nearest such place, not anywhere
+    eight = np.ones((3, 3), bool)
+    ring = ndimage.binary_dilation(wf.footprints[0], eight, iterations=RING_PX) & wf.water
+    np.testing.assert_allclose(
+        np.median(fill, axis=1), np.median(scene.bands[:, ring], axis=1), atol=1e-6
+    )

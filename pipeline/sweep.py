@@ -131,9 +131,10 @@ def unmodelled_plan(quick: bool = False, seeds: Sequence[int] = (0,)) -> list[Sc
     Returns
     -------
     list of Scenario
-        Ice and haze clouds and diffuse-light shadows at cloud 0.1 / 0.25 px and 0.3 / 0.5 px;
-        non-rectangular objects (``varied``) at 0 / 0 px, 0.1 / 0.25 px and 0.3 / 0.5 px; every
-        condition together at 0.2 / 0.25 px (ice) and 0.2 / 0.5 px (haze): 11 scenes.
+        Ice and haze clouds, and diffuse and umbra shadows, at cloud 0.1 / 0.25 px and
+        0.3 / 0.5 px; non-rectangular objects (``varied``) at 0 / 0 px, 0.1 / 0.25 px and
+        0.3 / 0.5 px; every condition together (diffuse shadows) at 0.2 / 0.25 px (ice) and
+        0.2 / 0.5 px (haze): 13 scenes.
     """
     if quick:
         sizes = (10.0, 20.0, 60.0, 130.0)
@@ -151,7 +152,8 @@ def unmodelled_plan(quick: bool = False, seeds: Sequence[int] = (0,)) -> list[Sc
             for cloud, misreg in cloudy
         ]
         base += [
-            Scenario(cloud, misreg, NOMINAL_CONTRAST, shadow_spectrum="diffuse")
+            Scenario(cloud, misreg, NOMINAL_CONTRAST, shadow_spectrum=kind)
+            for kind in ("diffuse", "umbra")
             for cloud, misreg in cloudy
         ]
         base += [

@@ -23,9 +23,9 @@ a cube as the loader would give it, plus the truth). One scene (:func:`make_scen
   cast beside them, and now and then a wet apron (one apron darkened by 15 % on one date).
 - **Conditions the detector does not model** (off by default; :mod:`pipeline.sweep_unmodelled`):
   a cloud spectrum other than the water-cloud top (``ice``, ``haze``), shadows that darken the
-  bands unequally (``diffuse``), and objects that are not rectangles (``cross``, ``hull``,
-  ``ellipse``, ``varied``). Each is drawn from a random stream of its own, so the scene is
-  otherwise its modelled twin's.
+  bands unequally (``diffuse``, ``umbra``), and objects that are not rectangles (``cross``,
+  ``hull``, ``ellipse``, ``varied``). Each is drawn from a random stream of its own, so the
+  scene is otherwise its modelled twin's.
 - **Validity** as the loader gives it: not flagged cloud or shadow, the flags dilated by 3 px.
   The thin cloud edges are beyond the flags, and may be beyond the dilation too.
 
@@ -136,8 +136,9 @@ class Scenario:
     """Cloud reflectance: ``water`` (modelled: the detector's cloud-top shape), ``ice`` (SWIR
     far lower) or ``haze`` (rising toward the blue); see :mod:`pipeline.sweep_unmodelled`."""
     shadow_spectrum: ShadowSpectrum = "grey"
-    """Shadow darkening: ``grey`` (modelled: every band by the same factor) or ``diffuse`` (the
-    bluer skylight stays: blue darkened least)."""
+    """Shadow darkening: ``grey`` (modelled: every band by the same factor), ``diffuse`` (the
+    bluer skylight stays: blue darkened least; same mean depth) or ``umbra`` (only the skylight
+    stays: deeper too)."""
     object_shape: ObjectShape = "rectangle"
     """Object outline: ``rectangle`` (modelled), ``cross`` (aircraft), ``hull`` (ship),
     ``ellipse``, or ``varied`` (one of the three per object)."""

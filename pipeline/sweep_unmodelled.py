@@ -16,13 +16,17 @@ also measures what happens when the world is not the detector's:
     ``(0.49 / lambda)^k`` with an Angstrom exponent ``k`` of 1-2 (aerosol, not Rayleigh's 4),
     0.30-0.45 in the blue;
 
-- **shadow spectrum** (:func:`shadow_depth`, ``"diffuse"``): a cloud shadow blocks (part of) the
-  direct sunbeam but not the diffuse skylight, which is bluer; so blue is darkened less than
-  NIR and SWIR. The diffuse share of the irradiance is ``f(lambda) = f_blue (0.49 / lambda)^k``
-  (``f_blue`` 0.25-0.45, ``k`` 1-2), the shadow removes a share ``b`` of the direct beam, and the
-  depth per band is ``b (1 - f)``, with ``b`` such that the band-mean depth is the modelled
-  shadow's (:data:`MODELLED_SHADOW_DEPTH`): only the colour of the shadow changes, not its
-  strength;
+- **shadow spectrum** (:func:`shadow_depth`): a cloud shadow blocks (part of) the direct
+  sunbeam but not the diffuse skylight, which is bluer; so blue is darkened less than NIR and
+  SWIR. The diffuse share of the irradiance is ``f(lambda) = f_blue (0.49 / lambda)^k``
+  (``f_blue`` 0.25-0.45, ``k`` 1-2) and a full shadow removes a share ``b`` of the direct beam:
+  depth ``b (1 - f)`` per band.
+
+  - ``"diffuse"``: ``b`` such that the band-mean depth is the modelled shadow's
+    (:data:`MODELLED_SHADOW_DEPTH`): only the colour of the shadow changes, not its strength;
+  - ``"umbra"``: ``b = 1``, the whole direct beam blocked (an opaque cloud's umbra): only the
+    diffuse light remains, so the shadow is deeper (band mean about 0.8) as well as coloured;
+
 - **object shape** (:func:`shape_outline`): aircraft-like crosses (fuselage, swept wings of
   span 0.7-1.1 x length, tailplane), ship-like hulls (length/beam 5.5-8, a transom stern and a
   pointed bow), and ellipses in the modelled rectangle's box; ``"varied"`` draws one of them
@@ -63,12 +67,12 @@ __all__ = [
 ]
 
 CloudSpectrum = Literal["water", "ice", "haze"]
-ShadowSpectrum = Literal["grey", "diffuse"]
+ShadowSpectrum = Literal["grey", "diffuse", "umbra"]
 ObjectShape = Literal["rectangle", "cross", "hull", "ellipse", "varied"]
 
 CLOUD_SPECTRA: tuple[str, ...] = ("water", "ice", "haze")
 """``water`` is the modelled one (the detector's ``CLOUD_TOP`` shape)."""
-SHADOW_SPECTRA: tuple[str, ...] = ("grey", "diffuse")
+SHADOW_SPECTRA: tuple[str, ...] = ("grey", "diffuse", "umbra")
 """``grey`` is the modelled one (every band darkened by the same factor)."""
 OBJECT_SHAPES: tuple[str, ...] = ("rectangle", "cross", "hull", "ellipse", "varied")
 """``rectangle`` is the modelled one."""
@@ -91,6 +95,8 @@ CONDITION_NOTES: dict[str, str] = {
     "(0.49/lambda)^k, k 1-2",
     "shadow diffuse": "shadow keeps the diffuse skylight (share f_blue (0.49/lambda)^k, f_blue "
     "0.25-0.45, k 1-2): blue darkened least, SWIR most; band-mean depth 0.5 as modelled",
+    "shadow umbra": "as diffuse, but the whole direct beam blocked: depth 1 - f per band "
+    "(band mean about 0.8, modelled 0.5)",
     "shapes varied": "aircraft-like crosses (span 0.7-1.1 x length), ship-like hulls "
     "(length/beam 5.5-8, pointed bow) and ellipses (the rectangle's box), one per object",
 }
@@ -169,8 +175,9 @@ def shadow_depth(kind: str, rng: np.random.Generator) -> np.ndarray:
     Parameters
     ----------
     kind
-        ``"grey"`` (modelled: :data:`MODELLED_SHADOW_DEPTH` in every band) or ``"diffuse"``
-        (the diffuse skylight, bluer, stays: blue darkened least; same band-mean depth).
+        ``"grey"`` (modelled: :data:`MODELLED_SHADOW_DEPTH` in every band), ``"diffuse"`` (the
+        diffuse skylight, bluer, stays: blue darkened least; same band-mean depth) or
+        ``"umbra"`` (only the diffuse skylight stays).
     rng
         The conditions' stream; not drawn from for ``"grey"``.
 
@@ -181,14 +188,14 @@ def shadow_depth(kind: str, rng: np.random.Generator) -> np.ndarray:
     """
     if kind == "grey":
         return np.full(len(CENTRE_UM), MODELLED_SHADOW_DEPTH, dtype=np.float32)
-    if kind != "diffuse":
+    if kind not in ("diffuse", "umbra"):
         raise ValueError(
             f"shadow_spectrum {kind!r} is not one of {SHADOW_SPECTRA}: use one of them"
         )
     f_blue, k = rng.uniform(0.25, 0.45), rng.uniform(1.0, 2.0)
     diffuse = f_blue * (CENTRE_UM[0] / CENTRE_UM) ** k
     direct = 1.0 - diffuse
-    blocked = MODELLED_SHADOW_DEPTH / direct.mean()
+    blocked = MODELLED_SHADOW_DEPTH / direct.mean() if kind == "diffuse" else 1.0
     return (blocked * direct).astype(np.float32)
 
 

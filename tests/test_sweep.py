@@ -225,6 +225,10 @@ def test_diffuse_shadow_darkens_blue_less_than_nir_and_swir() -> None:
         assert np.all(np.diff(depth) > 0)  # darker with wavelength
         assert depth[BANDS.index("blue")] < depth[BANDS.index("nir")] - 0.03
         assert depth.mean() == pytest.approx(MODELLED_SHADOW_DEPTH, abs=1e-6)
+        umbra = shadow_depth("umbra", rng)  # only the diffuse light left: deeper, still bluer
+        assert np.all(np.diff(umbra) > 0) and umbra.mean() > 0.7 and umbra.max() < 1
+    with pytest.raises(ValueError, match="shadow_spectrum"):
+        shadow_depth("black", rng)
 
 
 def test_unmodelled_scene_is_its_modelled_twin_but_for_the_conditions() -> None:

@@ -160,13 +160,11 @@ def unmodelled_plan(quick: bool = False, seeds: Sequence[int] = (0,)) -> list[Sc
             Scenario(cloud, misreg, NOMINAL_CONTRAST, object_shape="varied")
             for cloud, misreg in ((0.0, 0.0), *cloudy)
         ]
+        every = replace(Scenario(), shadow_spectrum="diffuse", object_shape="varied")
         base += [
-            Scenario(
-                0.2, misreg, NOMINAL_CONTRAST,
-                cloud_spectrum=kind, shadow_spectrum="diffuse", object_shape="varied",
-            )
-            for kind, misreg in (("ice", 0.25), ("haze", 0.5))
-        ]  # fmt: skip
+            replace(every, cloud_fraction=0.2, misregistration_px=0.25, cloud_spectrum="ice"),
+            replace(every, cloud_fraction=0.2, misregistration_px=0.5, cloud_spectrum="haze"),
+        ]
     return [replace(s, seed=seed) for seed in seeds for s in base]
 
 

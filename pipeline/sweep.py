@@ -414,7 +414,8 @@ def summarise_unmodelled(records: Sequence[dict]) -> dict[str, Any] | None:
         ``all`` (pooled over the unmodelled scenes: the envelope's figures, calibration
         included, ``targets``/``meets`` and ``recall_by_shape``), ``modelled_twins`` (the same
         pooled over the scenes of this run that are their twins: same setting and seed, every
-        condition modelled; None if absent), and ``by_condition`` (per combination of
+        condition modelled; one twin per unmodelled scene, so a twin shared by several counts
+        as often; None if any is absent), and ``by_condition`` (per combination of
         conditions: headline figures, and ``twins``: the same of its twins).
     """
     from pipeline.sweep_unmodelled import CONDITION_NOTES

@@ -1,6 +1,6 @@
 """Benchmark of basewatch's detection: the scenario sweep on generated data (and OSCD, if asked).
 
-Run from the project root (prints one JSON object; about 2-3 minutes on 2 cores)::
+Run from the project root (prints one JSON object; about 3-4 minutes on 2 cores)::
 
     .venv/bin/python benchmarks/bench_detect.py [--quick] [--seeds 0 1] [--jobs 2]
         [--plot docs/img/detectability.png] [--oscd ../shared/data/oscd]

@@ -1,6 +1,6 @@
 """Fit the calibrated confidence of detections on generated scenes (writes the shipped model).
 
-Run from the project root (about 2 minutes on 2 cores)::
+Run from the project root (about 2 minutes on 2 cores; with the five fitting ports about 3 more)::
 
     .venv/bin/python benchmarks/calibrate.py [--seeds 1 2 3] [--jobs 2] [--out PATH]
         [--real-ports algiers busan cartagena durban genoa] [--real-seed 1]

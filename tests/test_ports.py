@@ -15,6 +15,7 @@ from pipeline.ports_eval import (
     Detection,
     add_counts,
     cva_otsu_objects,
+    label_detections,
     length_bin,
     ratios,
     score_case,
@@ -101,6 +102,50 @@ def test_series_detection_must_hold_the_change_date() -> None:
     c = score_case(dets, ships, changes, np.array([80.0, 120.0]))
     assert c["n_found"] == 1 and c["missed"] == [2]
     assert c["n_right_kind"] == 2  # sign accuracy ignores dates
+
+
+def test_outcome_labels_true_wrong_kind_false_alarm_and_neutral() -> None:
+    ships = [*_two_ships(), _box(SHAPE, 15, 18, 30, 38)]  # ship 3 stayed
+    changes = {1: ("removed", 3), 2: ("appeared", 2)}
+    dets = [
+        _det("removed", ships[0], (2, 3)),  # right kind, holds date 3: true
+        _det("appeared", ships[0], (2, 3)),  # wrong kind on ship 1: false
+        _det("removed", _box(SHAPE, 35, 38, 2, 6)),  # on nothing: false alarm
+        _det("removed", ships[2], (2, 3)),  # on the ship that stayed: false alarm
+        _det("removed", ships[0], (3, 4)),  # right kind, not its date: neutral
+        _det("appeared", _box(SHAPE, 8, 9, 5, 15), (1, 2)),  # wrong kind, in ship 1's margin
+    ]
+    assert label_detections(dets, ships, changes) == [1, 0, 0, 0, None, 0]
+    # touching two changed ships: true when either is its kind and date
+    both = _box(SHAPE, 5, 28, 12, 22)
+    assert label_detections([_det("appeared", both, (1, 2))], ships, changes) == [1]
+    assert label_detections([_det("appeared", both, (2, 3))], ships, changes) == [None]
+
+
+def test_case_outcomes_fill_what_a_pair_does_not_write() -> None:
+    from pipeline.calibration import MASK_DISTANCE_CAP_PX, design_outcomes
+    from pipeline.ports_bench import PAIR_FILLED, case_outcomes
+    from pipeline.ports_eval import Detection
+
+    ships = _two_ships()
+    props = {"score": 80.0, "score_peak": 400.0, "n_seed_pixels": 12, "confidence": 1.0}
+    dets = [
+        Detection("removed", *np.nonzero(ships[0]), properties=props),
+        Detection("removed", *np.nonzero(_box(SHAPE, 35, 38, 2, 6)), properties=props),
+        Detection("appeared", *np.nonzero(ships[1])),  # no properties (a baseline's): skipped
+    ]
+    unusable = np.zeros(SHAPE, bool)
+    unusable[5:8, 18] = True  # 4 px right of ship 1's last column (14)
+    outs = case_outcomes(dets, ships, {1: ("removed", 1)}, "pair", 38.9, unusable)
+    assert [o["label"] for o in outs] == [1, 0]
+    assert outs[0]["mask_distance_px"] == 4.0
+    assert outs[1]["mask_distance_px"] == float(MASK_DISTANCE_CAP_PX)
+    for o in outs:
+        assert {k: o[k] for k in PAIR_FILLED} == PAIR_FILLED
+        assert o["noise_confidence"] == 1.0 and o["seed_level"] == 38.9 and o["path"] == "pair"
+    x = design_outcomes(outs, seed_level=1.0)  # each row in units of its own seed level
+    np.testing.assert_allclose(x[:, 0], np.log(400.0 / 38.9))
+    assert (x[:, 4] == 1.0).all()  # one date each side
 
 
 def test_pooled_ratios_are_ratios_of_summed_counts() -> None:
@@ -277,3 +322,19 @@ def test_a_removed_ship_is_filled_with_a_patch_of_the_nearest_water() -> None:
     np.testing.assert_allclose(
         np.median(fill, axis=1), np.median(scene.bands[:, ring], axis=1), atol=1e-6
     )
+
+
+def test_a_real_pair_case_yields_outcomes_that_agree_with_its_counts() -> None:
+    from pipeline.config import load_config
+    from pipeline.ports_bench import run_pair_case
+    from pipeline.simulate.ports import crop_scene, pair_cases
+
+    scene, _ = crop_scene(_port("honolulu"), 120_000)
+    case = pair_cases(scene, 7)[0]
+    ours, _base, _info, outs = run_pair_case(case, scene, load_config(None))
+    # a pair's interval always holds its change: no neutral outcome, and true = right kind
+    assert sum(o["label"] for o in outs) == ours["n_right_kind"]
+    n_wrong = ours["n_on_changed"] - ours["n_right_kind"]
+    assert sum(1 - o["label"] for o in outs) == ours["n_false_alarms"] + n_wrong
+    assert len(outs) == ours["n_detections"] > 0
+    assert all(o["path"] == "pair" and o["score_peak"] > 0 for o in outs)

@@ -12,8 +12,10 @@ From one real date this module makes the dates of a benchmark case:
 - **Removal** (:func:`remove_ships`): a ship's footprint, dilated by :data:`HALO_PX` to take its
   PSF halo, is filled with the water around it, never with a quay (:func:`water_mask`: dark in
   NIR and SWIR, :data:`GUARD_PX` beyond the ships' halos); a staying ship alongside keeps its
-  pixels. The fill draws water pixels (all bands together) at random from a ring around the
-  ship: the level, spread and band correlation of the water there.
+  pixels. The fill is a patch of real water of the footprint's shape, from the nearest place
+  wholly on water, brought to the level of the water in a ring around the ship (pixels drawn
+  at random from that ring where no such patch lies near); a series fills every ship from one
+  :func:`water_map`, so a footprint left empty stays the same from date to date.
 - **Dates** (:func:`observe`): each date gets its own sub-pixel shift (at most
   :data:`MAX_SHIFT_PX`, cubic spline), gain (:data:`GAIN_RANGE` for the date times 1 +/- 1 % per
   band), haze (an additive field smooth over kilometres, blue-heavy as lambda^-2) and sensor

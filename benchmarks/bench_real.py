@@ -3,7 +3,8 @@
 Run from the project root (``make bench-real``; about 8-10 minutes on 2 cores)::
 
     .venv/bin/python benchmarks/bench_real.py [--out benchmarks/real.json] [--seed 0]
-        [--ports algiers busan] [--parts pair series oscd] [--jobs 2] [--config FILE]
+        [--ports algiers busan] [--parts pair series oscd sweep] [--jobs 2] [--config FILE]
+        [--compare-model PATH ...] [--outcomes PATH]
 
 Built only from ``../shared/data`` (the sen2ships ports and the OSCD cities); without it, prints
 one JSON line saying why and exits 0, writing nothing. For each port
@@ -23,7 +24,22 @@ Every date has its own shift (<= 0.5 px), gain, haze and noise. ``oscd``: every 
 ``pair --mode area`` pixel F1 against CVA + Otsu and the objects mode's detections outside the
 labelled change per km2. The JSON (``--out``) holds ``total`` (basewatch over all ports, pair
 and series cases together: ``recall``, ``sign_accuracy``, ``false_alarms_per_km2_per_pair``),
-``pair``, ``series``, ``baseline``, ``ports``, ``oscd`` and what was run.
+``pair``, ``series``, ``baseline``, ``ports``, ``oscd``, ``calibration`` and what was run.
+
+``calibration`` (:func:`calibration_block`): how well the calibrated confidence of the active
+model (the shipped ``pipeline/calibration.json`` unless ``BASEWATCH_CALIBRATION`` says
+otherwise) holds on real backgrounds, from the outcomes of the runs above (every candidate
+detection labelled true, false or neutral, :func:`pipeline.evaluation.ports.label_detections`; no
+extra detector run), on the report ports only
+(:data:`pipeline.evaluation.ports_bench.CALIBRATION_REPORT_PORTS`, never fitted on): the
+reliability table
+and Brier score of the series cases (every candidate, and those reported at
+``detect.min_confidence``), of the pair cases (``basewatch pair`` reports the noise-only
+confidence: both it and the model applied offline), and beside them the same of the generated
+sweep (``sweep``: :func:`pipeline.evaluation.sweep.default_plan` seed 0, the scenes
+``benchmarks/bench_detect.py`` reports, run here with ``min_confidence`` 0; about 1 minute).
+``--compare-model`` adds the same figures for other model files on the same outcomes;
+``--outcomes`` writes every outcome (JSON) for offline fits.
 """
 
 from __future__ import annotations
@@ -57,7 +73,8 @@ def _port_seed(seed: int, port: str) -> int:
 
 
 def run_port(args: tuple[str, int, tuple[str, ...], str | None]) -> dict[str, Any]:
-    """Every case of one port through basewatch and the baseline; counts per case."""
+    """Every case of one port through basewatch and the baseline; counts per case, and
+    basewatch's outcomes (``outcomes``: each tagged with its ``port`` and ``case``)."""
     port, seed, parts, config_path = args
     from pipeline.config import load_config
     from pipeline.evaluation.ports_bench import area_km2, run_pair_case, run_series_case
@@ -71,9 +88,11 @@ def run_port(args: tuple[str, int, tuple[str, ...], str | None]) -> dict[str, An
     out: dict[str, Any] = {"port": port, "seed": pseed, "crop": crop, "area_km2": round(km2, 3)}
     out["pixel_size_m"] = round(scene.pixel_size_m, 3)
     cases = []
+    outcomes: list[dict] = []
     if "pair" in parts:
         for case in pair_cases(scene, pseed):
-            ours, base, info = run_pair_case(case, scene, cfg)
+            ours, base, info, outs = run_pair_case(case, scene, cfg)
+            outcomes += [{"port": port, "case": case.name, **o} for o in outs]
             cases.append(
                 {
                     "kind": "pair",
@@ -86,7 +105,8 @@ def run_port(args: tuple[str, int, tuple[str, ...], str | None]) -> dict[str, An
             )
     if "series" in parts:
         case = series_case(scene, pseed + 1, n_dates=SERIES_DATES)
-        ours, base, info = run_series_case(case, scene, cfg)
+        ours, base, info, outs = run_series_case(case, scene, cfg)
+        outcomes += [{"port": port, "case": "series", **o} for o in outs]
         cases.append(
             {
                 "kind": "series",
@@ -99,6 +119,7 @@ def run_port(args: tuple[str, int, tuple[str, ...], str | None]) -> dict[str, An
             }
         )
     out["cases"] = cases
+    out["outcomes"] = outcomes
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -161,6 +182,132 @@ def summarise(port_runs: list[dict]) -> dict[str, Any]:
     }
 
 
+def sweep_outcomes(config_path: str | None, jobs: int) -> list[dict]:
+    """Outcomes of every candidate detection of the generated sweep the detection benchmark
+    reports (:func:`pipeline.evaluation.sweep.default_plan`, seed 0), run with ``min_confidence``
+    0."""
+    from itertools import repeat
+
+    from pipeline.config import load_config
+    from pipeline.evaluation.sweep import default_plan, run_scenario
+
+    cfg = load_config(config_path)
+    detect_cfg = cfg.detect.model_copy(update={"min_confidence": 0.0})
+    plan = default_plan(seeds=SWEEP_SEEDS)
+    args = (plan, repeat(detect_cfg), repeat(cfg.coregister))
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            records = list(pool.map(run_scenario, *args))
+    else:
+        records = list(map(run_scenario, *args))
+    return [o for r in records for o in r["outcomes"]]
+
+
+SWEEP_SEEDS = (0,)
+"""Generator seeds of the sweep reference (those ``benchmarks/bench_detect.py`` reports)."""
+
+
+def _reliability(outcomes: list[dict], confidence: Any) -> dict[str, Any]:
+    from pipeline.evaluation.sweep_score import reliability
+
+    pairs = zip(outcomes, confidence, strict=True)
+    rel = reliability([{"label": o["label"], "confidence": float(c)} for o, c in pairs])
+    return rel | {"n_true": sum(o["label"] for o in outcomes)}
+
+
+def model_figures(
+    outcomes: list[dict], model: Any, seed_level: float, min_confidence: float
+) -> dict[str, Any]:
+    """Reliability and Brier score of ``model`` on outcomes: every candidate, and those it
+    would report (confidence at least ``min_confidence``)."""
+    import numpy as np
+
+    from pipeline.kernels.detect.calibration import design_outcomes
+
+    conf = model.predict(design_outcomes(outcomes, seed_level)) if outcomes else np.zeros(0)
+    kept = conf >= min_confidence
+    return {
+        "candidates": _reliability(outcomes, conf),
+        "reported": _reliability([o for o, k in zip(outcomes, kept, strict=True) if k], conf[kept]),
+    }
+
+
+def calibration_block(
+    outcomes: list[dict],
+    sweep: list[dict] | None,
+    models: dict[str, Any],
+    seed_level: float,
+    min_confidence: float,
+) -> dict[str, Any]:
+    """The ``calibration`` block: each model's reliability on the report ports and the sweep.
+
+    Parameters
+    ----------
+    outcomes
+        Real-background outcomes (``port``, ``path`` ``series`` or ``pair``, ``label``, the
+        detection's properties and ``seed_level``); only the report ports' are used.
+    sweep
+        Outcomes of the generated sweep (None: not run).
+    models
+        Name -> :class:`pipeline.kernels.detect.calibration.Model` (or None: no model, noise-only
+        confidence).
+    seed_level
+        Seed level of outcomes that carry none (the sweep's).
+    min_confidence
+        ``detect.min_confidence``: the ``reported`` figures keep detections at least this likely.
+
+    Returns
+    -------
+    dict
+        ``split``, ``report_ports`` (those run), ``n`` (true / false outcomes per path), per
+        model ``models[name]``: ``fitted_on`` and ``series``, ``pair`` (the model applied
+        offline), ``sweep`` (each ``candidates`` and ``reported``: :func:`reliability` plus
+        ``n_true``), and ``pair_noise_only`` (the noise-only confidence ``basewatch pair``
+        reports).
+    """
+    from pipeline.evaluation.ports_bench import CALIBRATION_FIT_PORTS, CALIBRATION_REPORT_PORTS
+
+    held_out = [o for o in outcomes if o["port"] in CALIBRATION_REPORT_PORTS]
+    by_path = {k: [o for o in held_out if o["path"] == k] for k in ("series", "pair")}
+    block: dict[str, Any] = {
+        "what": "reliability (per confidence bin: detections, mean confidence, share true) and "
+        "Brier score of the calibrated confidence on the report ports' cases (never fitted on), "
+        "every candidate and those reported at detect.min_confidence, beside the generated sweep",
+        "split": {
+            "fit_ports": list(CALIBRATION_FIT_PORTS),
+            "report_ports": list(CALIBRATION_REPORT_PORTS),
+            "chosen": "fixed before any calibration figure of a port was seen",
+        },
+        "report_ports": sorted({o["port"] for o in held_out}),
+        "min_confidence": min_confidence,
+        "n": {
+            k: {"true": sum(o["label"] for o in v), "false": sum(1 - o["label"] for o in v)}
+            for k, v in (*by_path.items(), ("sweep", sweep))
+            if v is not None
+        },
+        "sweep_source": None
+        if sweep is None
+        else "pipeline.evaluation.sweep.default_plan seeds "
+        f"{list(SWEEP_SEEDS)} (bench_detect.py's), "
+        "min_confidence 0, run by this benchmark",
+        "pair_noise_only": _reliability(
+            by_path["pair"], [o.get("noise_confidence") or 0.0 for o in by_path["pair"]]
+        ),
+        "models": {},
+    }
+    for name, model in models.items():
+        if model is None:
+            block["models"][name] = None
+            continue
+        fig = {k: model_figures(v, model, seed_level, min_confidence) for k, v in by_path.items()}
+        if sweep is not None:
+            fig["sweep"] = model_figures(sweep, model, seed_level, min_confidence)
+        meta = dict(model.meta or {})
+        fitted_on = meta.get("fitted_on") or {"sweep_seeds": meta.get("seeds"), "real_ports": []}
+        block["models"][name] = {"fitted_on": fitted_on, **fig}
+    return block
+
+
 def oscd_summary(config_path: str | None) -> dict[str, Any]:
     """Every OSCD city: area-mode F1 against CVA + Otsu, objects outside the labelled change."""
     from pipeline.config import load_config
@@ -190,6 +337,22 @@ def oscd_summary(config_path: str | None) -> dict[str, Any]:
             sum(o for o in outside if o is not None) / n, 4
         ),
     }
+
+
+def _calibration(runs: list[dict], args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    """The calibration block of this run (the sweep run here when asked), and ``--outcomes``."""
+    from pipeline.io import calibration
+    from pipeline.kernels.detect.core import DEFAULT_BANDS, series_thresholds
+
+    outcomes = [o for r in runs for o in r["outcomes"]]
+    sweep = sweep_outcomes(args.config, args.jobs) if "sweep" in args.parts else None
+    chosen = os.environ.get(calibration.MODEL_ENV, "").strip() or str(calibration.MODEL_PATH)
+    models = {f"active ({chosen})": calibration.active_model()}
+    models |= {f"compared ({p})": calibration.load_model(p.resolve()) for p in args.compare_model}
+    seed_level, _ = series_thresholds(config.detect, len(DEFAULT_BANDS))
+    if args.outcomes is not None:
+        _write(args.outcomes, {"real": outcomes, "sweep": sweep, "sweep_seed_level": seed_level})
+    return calibration_block(outcomes, sweep, models, seed_level, config.detect.min_confidence)
 
 
 def _git_commit() -> str | None:
@@ -223,8 +386,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Run seed (each port derives its own).")
     parser.add_argument("--ports", nargs="+", default=None, help="Ports (default: every one).")
     parser.add_argument(
-        "--parts", nargs="+", default=["pair", "series", "oscd"], choices=["pair", "series", "oscd"]
+        "--parts",
+        nargs="+",
+        default=["pair", "series", "oscd", "sweep"],
+        choices=["pair", "series", "oscd", "sweep"],
+        help="sweep: the generated sweep beside the real cases in the calibration block.",
     )
+    parser.add_argument(
+        "--compare-model",
+        type=Path,
+        action="append",
+        default=[],
+        help="Another calibration model file to report on the same outcomes (repeatable).",
+    )
+    parser.add_argument("--outcomes", type=Path, default=None, help="Write every outcome here.")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--config", type=str, default=None, help="Config YAML (params.yaml).")
     args = parser.parse_args(argv)
@@ -237,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_config(args.config)
     ports = args.ports or sorted(p.name for p in ships_dir.iterdir() if p.is_dir())
-    parts = tuple(p for p in args.parts if p != "oscd")
+    parts = tuple(p for p in args.parts if p in ("pair", "series"))
     t0 = time.perf_counter()
     work = [(p, args.seed, parts, args.config) for p in ports]
     if parts:
@@ -255,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         "(sen2ships), plus real OSCD pairs; the changes are simulated, the backgrounds real",
         **(summarise(runs) if runs else {"total": None}),
     }
+    t_cal = time.perf_counter()
+    result["calibration"] = _calibration(runs, args, config) if runs else None
+    t_cal = time.perf_counter() - t_cal
     t1 = time.perf_counter()
     result["oscd"] = oscd_summary(args.config) if "oscd" in args.parts else None
     result["run"] = {
@@ -268,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": config.model_dump(mode="json", include={"detect", "coregister", "load"}),
         "seconds": round(time.perf_counter() - t0, 1),
         "seconds_ports": round(t_ports, 1),
+        "seconds_calibration": round(t_cal, 1),
         "seconds_oscd": round(time.perf_counter() - t1, 1),
         "platform": {"python": platform.python_version(), "cpus": os.cpu_count()},
     }

@@ -16,6 +16,7 @@ from pipeline.evaluation.ports import (
     Detection,
     add_counts,
     cva_otsu_objects,
+    label_detections,
     length_bin,
     ratios,
     score_case,
@@ -102,6 +103,50 @@ def test_series_detection_must_hold_the_change_date() -> None:
     c = score_case(dets, ships, changes, np.array([80.0, 120.0]))
     assert c["n_found"] == 1 and c["missed"] == [2]
     assert c["n_right_kind"] == 2  # sign accuracy ignores dates
+
+
+def test_outcome_labels_true_wrong_kind_false_alarm_and_neutral() -> None:
+    ships = [*_two_ships(), _box(SHAPE, 15, 18, 30, 38)]  # ship 3 stayed
+    changes = {1: ("removed", 3), 2: ("appeared", 2)}
+    dets = [
+        _det("removed", ships[0], (2, 3)),  # right kind, holds date 3: true
+        _det("appeared", ships[0], (2, 3)),  # wrong kind on ship 1: false
+        _det("removed", _box(SHAPE, 35, 38, 2, 6)),  # on nothing: false alarm
+        _det("removed", ships[2], (2, 3)),  # on the ship that stayed: false alarm
+        _det("removed", ships[0], (3, 4)),  # right kind, not its date: neutral
+        _det("appeared", _box(SHAPE, 8, 9, 5, 15), (1, 2)),  # wrong kind, in ship 1's margin
+    ]
+    assert label_detections(dets, ships, changes) == [1, 0, 0, 0, None, 0]
+    # touching two changed ships: true when either is its kind and date
+    both = _box(SHAPE, 5, 28, 12, 22)
+    assert label_detections([_det("appeared", both, (1, 2))], ships, changes) == [1]
+    assert label_detections([_det("appeared", both, (2, 3))], ships, changes) == [None]
+
+
+def test_case_outcomes_fill_what_a_pair_does_not_write() -> None:
+    from pipeline.evaluation.ports import Detection
+    from pipeline.evaluation.ports_bench import PAIR_FILLED, case_outcomes
+    from pipeline.kernels.detect.calibration import MASK_DISTANCE_CAP_PX, design_outcomes
+
+    ships = _two_ships()
+    props = {"score": 80.0, "score_peak": 400.0, "n_seed_pixels": 12, "confidence": 1.0}
+    dets = [
+        Detection("removed", *np.nonzero(ships[0]), properties=props),
+        Detection("removed", *np.nonzero(_box(SHAPE, 35, 38, 2, 6)), properties=props),
+        Detection("appeared", *np.nonzero(ships[1])),  # no properties (a baseline's): skipped
+    ]
+    unusable = np.zeros(SHAPE, bool)
+    unusable[5:8, 18] = True  # 4 px right of ship 1's last column (14)
+    outs = case_outcomes(dets, ships, {1: ("removed", 1)}, "pair", 38.9, unusable)
+    assert [o["label"] for o in outs] == [1, 0]
+    assert outs[0]["mask_distance_px"] == 4.0
+    assert outs[1]["mask_distance_px"] == float(MASK_DISTANCE_CAP_PX)
+    for o in outs:
+        assert {k: o[k] for k in PAIR_FILLED} == PAIR_FILLED
+        assert o["noise_confidence"] == 1.0 and o["seed_level"] == 38.9 and o["path"] == "pair"
+    x = design_outcomes(outs, seed_level=1.0)  # each row in units of its own seed level
+    np.testing.assert_allclose(x[:, 0], np.log(400.0 / 38.9))
+    assert (x[:, 4] == 1.0).all()  # one date each side
 
 
 def test_pooled_ratios_are_ratios_of_summed_counts() -> None:
@@ -222,3 +267,75 @@ def test_a_ship_away_on_several_dates_leaves_the_same_water() -> None:
         foot = wf.footprints[one - 1] & ~((scene.ships > 0) & (scene.ships != one))
         np.testing.assert_array_equal(date_a[:, foot], date_b[:, foot])
         assert not np.array_equal(date_a[:, foot], scene.bands[:, foot])  # it was filled
+
+
+def test_a_removed_ship_is_filled_with_a_patch_of_the_nearest_water() -> None:
+    """The fill is the footprint's shape copied from the nearest place wholly on water (its
+    texture: equal to the scene there up to one offset per band), at the level of the water
+    right around the ship (a synthetic scene: a quay, a textured basin whose level rises
+    eastwards, one ship moored at the quay)."""
+    from affine import Affine
+    from scipy import ndimage
+
+    from pipeline.simulate.ports import RING_PX, PortScene, water_fill, water_map
+
+    ny, nx = 80, 120
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    bands = np.empty((5, ny, nx), np.float32)
+    level = 0.03 + 0.0004 * xx + 0.002 * np.sin(yy / 3.0) * np.cos(xx / 4.0)
+    for b, scale in enumerate((1.2, 1.0, 0.8, 0.5, 0.4)):
+        bands[b] = level * scale
+    bands[:, :, :20] = 0.25  # the quay (bright in every band)
+    ship = np.zeros((ny, nx), bool)
+    ship[30:40, 21:27] = True  # alongside the quay
+    bands[:, ship] = 0.2
+    scene = PortScene(
+        "synthetic",
+        bands,
+        ("blue", "green", "red", "nir", "swir16"),
+        ship.astype(np.int32),
+        [ship],
+        Affine(10.0, 0, 0, 0, -10.0, 0),
+        "EPSG:3857",
+        10.0,
+    )
+    wf = water_fill(scene)
+    filled = water_map(scene, np.random.default_rng(0), wf)
+    rows, cols = np.nonzero(wf.footprints[0])
+    fill = filled[:, rows, cols]
+    found = None
+    for dy in range(-40, 41):
+        for dx in range(-60, 61):
+            r, c = rows + dy, cols + dx
+            if (dy, dx) == (0, 0) or r.min() < 0 or c.min() < 0 or r.max() >= ny or c.max() >= nx:
+                continue
+            diff = scene.bands[:, r, c] - fill
+            if np.all(np.ptp(diff, axis=1) < 1e-6):
+                found = (dy, dx)
+                break
+        if found:
+            break
+    assert found is not None, "the fill is not a patch of the scene's texture"
+    assert wf.water[rows + found[0], cols + found[1]].all()
+    assert np.hypot(*found) < 15  # the nearest such place, not anywhere
+    eight = np.ones((3, 3), bool)
+    ring = ndimage.binary_dilation(wf.footprints[0], eight, iterations=RING_PX) & wf.water
+    np.testing.assert_allclose(
+        np.median(fill, axis=1), np.median(scene.bands[:, ring], axis=1), atol=1e-6
+    )
+
+
+def test_a_real_pair_case_yields_outcomes_that_agree_with_its_counts() -> None:
+    from pipeline.config import load_config
+    from pipeline.evaluation.ports_bench import run_pair_case
+    from pipeline.simulate.ports import crop_scene, pair_cases
+
+    scene, _ = crop_scene(_port("honolulu"), 120_000)
+    case = pair_cases(scene, 7)[0]
+    ours, _base, _info, outs = run_pair_case(case, scene, load_config(None))
+    # a pair's interval always holds its change: no neutral outcome, and true = right kind
+    assert sum(o["label"] for o in outs) == ours["n_right_kind"]
+    n_wrong = ours["n_on_changed"] - ours["n_right_kind"]
+    assert sum(1 - o["label"] for o in outs) == ours["n_false_alarms"] + n_wrong
+    assert len(outs) == ours["n_detections"] > 0
+    assert all(o["path"] == "pair" and o["score_peak"] > 0 for o in outs)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from shapely.geometry import shape
+from shapely.geometry import Point, box, shape
 
 from pipeline.config import Config
 from pipeline.evaluation.sweep import (
@@ -22,8 +23,17 @@ from pipeline.evaluation.sweep import (
     run_scenario,
     score_scene,
     summarise,
+    unmodelled_plan,
 )
+from pipeline.kernels.detect.clouds import CLOUD_TOP
 from pipeline.simulate.sweep_scene import BANDS, ROLES, Scenario, SweepScene, make_scene
+from pipeline.simulate.sweep_unmodelled import (
+    MODELLED_SHADOW_DEPTH,
+    cloud_spectrum,
+    polygon_cover,
+    shadow_depth,
+    shape_outline,
+)
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_detect.py"
 SMALL = Scenario(0.2, 0.5, NOMINAL_CONTRAST, (20.0, 60.0, 130.0), 6, seed=4)
@@ -184,3 +194,125 @@ def test_quick_sweep_finds_big_objects(tmp_path: Path) -> None:
     spec.loader.exec_module(bench)
     bench.plot_curves(summary, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 5000
+
+
+# --- conditions the detector does not model (pipeline/sweep_unmodelled.py) ---------------------
+
+UNMODELLED = replace(SMALL, cloud_spectrum="ice", shadow_spectrum="diffuse", object_shape="varied")
+
+
+def test_unmodelled_cloud_spectra_are_not_the_detectors() -> None:
+    rng = np.random.default_rng(0)
+    top = np.array([CLOUD_TOP[b] for b in BANDS], dtype=np.float32)
+    np.testing.assert_allclose(cloud_spectrum("water", rng), top, atol=0.011)  # modelled
+    for _ in range(20):
+        ice, haze = cloud_spectrum("ice", rng), cloud_spectrum("haze", rng)
+        # shapes (scaled to the visible level) differ from CLOUD_TOP's where physics says
+        assert ice[4] / ice[0] < 0.5 < top[4] / top[0]  # ice absorbs at 1.6 um
+        assert ice[5] / ice[0] < 0.35 < top[5] / top[0]
+        assert abs(ice[3] / ice[0] - top[3] / top[0]) < 0.1  # flat through the NIR
+        assert np.all(np.diff(haze) < 0) and haze[0] > 1.5 * haze[3]  # rises toward the blue
+    with pytest.raises(ValueError, match="cloud_spectrum"):
+        cloud_spectrum("fog", rng)
+
+
+def test_diffuse_shadow_darkens_blue_less_than_nir_and_swir() -> None:
+    rng = np.random.default_rng(1)
+    grey = shadow_depth("grey", rng)
+    assert np.all(grey == MODELLED_SHADOW_DEPTH)
+    for _ in range(20):
+        depth = shadow_depth("diffuse", rng)
+        assert np.all(np.diff(depth) > 0)  # darker with wavelength
+        assert depth[BANDS.index("blue")] < depth[BANDS.index("nir")] - 0.03
+        assert depth.mean() == pytest.approx(MODELLED_SHADOW_DEPTH, abs=1e-6)
+        umbra = shadow_depth("umbra", rng)  # only the diffuse light left: deeper, still bluer
+        assert np.all(np.diff(umbra) > 0) and umbra.mean() > 0.7 and umbra.max() < 1
+    with pytest.raises(ValueError, match="shadow_spectrum"):
+        shadow_depth("black", rng)
+
+
+def test_unmodelled_scene_is_its_modelled_twin_but_for_the_conditions() -> None:
+    twin = make_scene(SMALL)
+    shadowed = make_scene(replace(SMALL, shadow_spectrum="diffuse"))
+    assert replace(SMALL, shadow_spectrum="diffuse").modelled_twin() == SMALL
+    assert UNMODELLED.unmodelled == ("cloud ice", "shadow diffuse", "shapes varied")
+    assert SMALL.unmodelled == ()
+    # same sky, same valid pixels; only shaded (unflagged) pixels change, blue less than NIR
+    np.testing.assert_array_equal(twin.cube["valid"].values, shadowed.cube["valid"].values)
+    ratio = {b: shadowed.cube[b].values / twin.cube[b].values for b in ("blue", "nir")}
+    # (the same noise in both: any difference is the shadow's; visible shadows are the faint
+    # edges beyond the flags)
+    changed = np.isfinite(ratio["nir"]) & (np.abs(ratio["nir"] - 1) > 1e-4)
+    assert 0 < changed.mean() < 0.3
+    # under a shadow the diffuse-light scene is brighter in blue, darker in NIR than the twin
+    assert np.median(ratio["blue"][changed]) > 1 > np.median(ratio["nir"][changed])
+    # an ice cloud's thin edges are darker in SWIR 1.6 than the water cloud's, alike in blue
+    iced = make_scene(replace(SMALL, cloud_spectrum="ice")).cube
+    d16 = iced["swir16"].values - twin.cube["swir16"].values
+    dblue = iced["blue"].values - twin.cube["blue"].values
+    edge = np.isfinite(d16) & (np.abs(d16) > 0.01)
+    assert edge.any() and np.median(d16[edge]) < 0 and np.median(np.abs(dblue[edge])) < 0.02
+
+
+def test_non_rectangular_objects_are_not_rectangles() -> None:
+    rng = np.random.default_rng(2)
+    for kind in ("cross", "hull", "ellipse"):
+        name, outline = shape_outline(kind, 60.0, rng)
+        assert name == kind and outline.is_valid
+        minu, minv, maxu, maxv = outline.bounds
+        assert maxu - minu == pytest.approx(60.0)
+        # well short of its bounding box: not a rectangle
+        assert outline.area < 0.9 * (maxu - minu) * (maxv - minv)
+        # rasterised with partial-pixel coverage: the covered area is the outline's, at any angle
+        for angle in (0.0, 0.7, 2.0):
+            _, cover = polygon_cover(200, (100.3, 99.6), outline, 2.0, angle)
+            assert cover.sum() * 4.0 == pytest.approx(outline.area, rel=0.02)
+            assert 0 < ((cover > 0) & (cover < 1)).sum()
+    _, cross = shape_outline("cross", 40.0, rng)
+    assert not cross.contains(Point(19.0, 10.0)) and cross.contains(Point(0.0, 0.0))
+    _, hull = shape_outline("hull", 100.0, rng)
+    beam = hull.bounds[3] - hull.bounds[1]
+    assert 100 / 8.01 <= beam <= 100 / 5.49  # ship-like proportions
+    # the bow is pointed: the hull narrows toward +u
+    assert hull.intersection(box(45, -50, 50, 50)).area < 0.4 * 5 * beam
+    scene = make_scene(UNMODELLED)
+    shapes = {o["shape"] for o in scene.truth["objects"]}
+    assert shapes == {"cross", "hull", "ellipse"}
+    for o in scene.truth["objects"]:
+        g = shape(o["geometry"])  # the truth's outline is the drawn shape, not a box
+        assert len(g.exterior.coords) > 5
+        assert o["area_m2"] < 0.9 * o["length_m"] * o["width_m"]
+
+
+def test_summary_reports_unmodelled_apart() -> None:
+    cfg = Config()
+    assert all(not s.unmodelled for s in default_plan())
+    plan = unmodelled_plan()
+    assert plan and all(s.unmodelled for s in plan)
+    twins = {s.modelled_twin() for s in plan}
+    assert twins <= set(default_plan())  # each has its modelled twin in the default plan
+    quick = unmodelled_plan(quick=True)
+    twin = quick[0].modelled_twin()
+    assert twin in default_plan(quick=True)
+    modelled = run_scenario(twin, cfg.detect, cfg.coregister)
+    other = run_scenario(quick[0], cfg.detect, cfg.coregister)
+    alone = summarise([modelled])
+    both = summarise([modelled, other])
+    assert "unmodelled" not in alone
+    # the modelled figures are computed as before: the unmodelled scene changes none of them
+    for key in ("envelope", "curves", "by_contrast", "by_misregistration", "by_cloud"):
+        assert both[key] == alone[key]
+    assert len(both["scenes"]) == 2
+    block = both["unmodelled"]
+    assert block["n_scenes"] == 1 and set(block["conditions"]) >= set(quick[0].unmodelled)
+    every = block["all"]
+    for key in ("precision", "false_alarms_per_km2_date", "recall_40m_plus", "calibration"):
+        assert key in every
+    assert {"bins", "brier", "n"} <= set(every["calibration"])
+    assert set(every["recall_by_shape"]) <= {"cross", "hull", "ellipse"}
+    assert block["modelled_twins"]["precision"] == alone["envelope"]["precision"]
+    assert set(block["modelled_twins"]["recall_by_shape"]) == {"rectangle"}
+    ((label, row),) = block["by_condition"].items()
+    assert label == "cloud ice + shadow diffuse + shapes varied"
+    assert row["twins"]["tp_detections"] == alone["envelope"]["tp_detections"]
+    json.dumps(both)

@@ -14,7 +14,9 @@ its label raster). Definitions (one :class:`Detection` per object):
   kind of a changed ship they touch (dates aside);
 - **false alarms**: detections touching no changed ship (one on a ship that stayed counts),
   per km2 of the scene (ground area) per date pair (a series of N dates has N - 1 pairs);
-- recall per ship length bin (:data:`LENGTH_BINS_M`).
+- recall per ship length bin (:data:`LENGTH_BINS_M`);
+- each detection's **outcome** (:func:`label_detections`), to calibrate and check its
+  confidence: true, false or neutral (see there).
 
 Every ratio comes with the counts behind it (:func:`ratios`), so totals are pooled counts, not
 means of ratios. Nothing on the detection path imports this module.
@@ -22,8 +24,9 @@ means of ratios. Nothing on the detection path imports this module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -35,6 +38,7 @@ __all__ = [
     "Detection",
     "add_counts",
     "cva_otsu_objects",
+    "label_detections",
     "length_bin",
     "pair_detections",
     "ratios",
@@ -66,6 +70,8 @@ class Detection:
     """Column indices of its pixels."""
     date_index: tuple[int, int] = (0, 1)
     """Indices of ``date_before`` and ``date_after`` in the case's dates (a pair: 0, 1)."""
+    properties: Mapping[str, Any] | None = None
+    """The detector's properties of the feature (None for the baseline's components)."""
 
 
 def length_bin(length_m: float) -> str:
@@ -105,7 +111,8 @@ def pair_detections(
         mask = rasterize([(geom, 1)], out_shape=shape, transform=transform, dtype="uint8")
         rows, cols = np.nonzero(mask)
         if rows.size:
-            out.append(Detection(str(f["properties"]["kind"]), rows, cols))
+            p = f["properties"]
+            out.append(Detection(str(p["kind"]), rows, cols, properties=p))
     return out
 
 
@@ -136,7 +143,7 @@ def series_detections(
         rows, cols = np.nonzero(labels[int(p["pair"])] == int(p["label"]))
         if rows.size:
             span = (index[p["date_before"]], index[p["date_after"]])
-            out.append(Detection(str(p["kind"]), rows, cols, span))
+            out.append(Detection(str(p["kind"]), rows, cols, span, properties=p))
     return out
 
 
@@ -265,6 +272,55 @@ def score_case(
         "missed": sorted(set(changes) - found),
         "touched_not_found": sorted(found_any - found),
     }
+
+
+def label_detections(
+    detections: Sequence[Detection],
+    ship_masks: Sequence[np.ndarray],
+    changes: dict[int, tuple[str, int]],
+) -> list[int | None]:
+    """Each detection's outcome: 1 true, 0 false, None neutral (left out of a calibration).
+
+    With "touch" as in :func:`score_case` (the ship's mask dilated by :data:`TOUCH_PX`):
+
+    - **true** (1): it touches a changed ship of its own kind whose change its interval holds
+      (``date_before < change date <= date_after``; always so for a pair);
+    - **false** (0): it touches no changed ship (a false alarm, on a ship that stayed or not),
+      or every changed ship it touches changed the other way (wrong kind);
+    - **neutral** (None): it touches a changed ship of its own kind but not in its interval
+      (a series detection dated wrong: right object, wrong time; neither a real change at that
+      interval nor a false alarm on nothing).
+
+    Parameters
+    ----------
+    detections
+        The detections of one method on the case.
+    ship_masks
+        Each ship's (y, x) bool mask, ship ``i`` at index ``i - 1``.
+    changes
+        Changed ship id -> (true kind, index of the first date showing the change; 1 for a
+        pair). Ships not in it stayed.
+
+    Returns
+    -------
+    list
+        One outcome per detection, in order.
+    """
+    eight = np.ones((3, 3), bool)
+    zones = {
+        i: ndimage.binary_dilation(ship_masks[i - 1], eight, iterations=TOUCH_PX) for i in changes
+    }
+    out: list[int | None] = []
+    for d in detections:
+        touched = [i for i, z in zones.items() if z[d.rows, d.cols].any()]
+        same_kind = [i for i in touched if changes[i][0] == d.kind]
+        if any(d.date_index[0] < changes[i][1] <= d.date_index[1] for i in same_kind):
+            out.append(1)
+        elif same_kind:
+            out.append(None)
+        else:
+            out.append(0)
+    return out
 
 
 def add_counts(total: dict, counts: dict, area_km2: float, n_pairs: int) -> dict:

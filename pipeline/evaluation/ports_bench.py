@@ -12,13 +12,23 @@ For each sen2ships port (:mod:`pipeline.simulate.ports` makes the cases):
   (:func:`coregister_cube`), then :func:`pipeline.kernels.detect.core.detect_cube` with no zones;
   the baseline runs on each consecutive pair of the same aligned cube.
 
-Scores: :mod:`pipeline.evaluation.ports`. Used by ``benchmarks/bench_real.py``.
+Scores: :mod:`pipeline.evaluation.ports`. Both runners also return the **outcomes** of every
+candidate detection (:func:`case_outcomes`: its properties and whether it is true, false or
+neutral, :func:`pipeline.evaluation.ports.label_detections`), to fit and check the calibrated
+confidence on real backgrounds. The series detector runs with ``detect.min_confidence`` 0 so
+every candidate is kept; the detections scored are those it would have reported (confidence
+at least ``detect.min_confidence`` under the active model, as
+:func:`pipeline.kernels.detect.core.detect_cube`
+drops them), so the counts are those of the configured detector.
+
+Used by ``benchmarks/bench_real.py`` and ``benchmarks/calibrate.py --real-ports``.
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +40,24 @@ from pipeline.config import Config
 from pipeline.evaluation.ports import (
     Detection,
     cva_otsu_objects,
+    label_detections,
     pair_detections,
     score_case,
     series_detections,
 )
 from pipeline.io.calibration import active_model
+from pipeline.kernels.detect import calibration
 from pipeline.simulate.ports import PairCase, PortScene, SeriesCase, ship_lengths_m
 
 __all__ = [
+    "CALIBRATION_FIT_PORTS",
+    "CALIBRATION_REPORT_PORTS",
+    "PAIR_FILLED",
     "area_km2",
+    "case_outcomes",
     "coregister_cube",
     "min_area_px",
+    "reported",
     "run_pair_case",
     "run_series_case",
     "series_cube",
@@ -57,6 +74,80 @@ def area_km2(scene: PortScene) -> float:
 def min_area_px(cfg: Config, grid_pixel_m2: float) -> int:
     """``detect.min_area_m2`` in pixels of the grid, rounded as the detector rounds it."""
     return max(1, math.ceil(cfg.detect.min_area_m2 / grid_pixel_m2 - 1e-9))
+
+
+CALIBRATION_FIT_PORTS: tuple[str, ...] = ("algiers", "busan", "cartagena", "durban", "genoa")
+"""Ports whose cases a calibration model may be fitted on (``benchmarks/calibrate.py
+--real-ports``). The split was fixed before any calibration figure of a port was seen."""
+
+CALIBRATION_REPORT_PORTS: tuple[str, ...] = ("casablanca", "hedland", "honolulu", "klang")
+"""Ports the calibration is reported on (``calibration`` of ``benchmarks/real.json``); never
+fitted on."""
+
+PAIR_FILLED: dict[str, Any] = {"n_dates_before": 1, "n_dates_after": 1, "transient": False}
+"""Calibration properties ``basewatch pair`` does not write, as they stand for a pair: one date
+on each side; no later date to tell a transient (a pair cannot flag one). Its
+``mask_distance_px`` is measured here (:func:`case_outcomes`) from its unusable pixels."""
+
+
+def case_outcomes(
+    detections: Sequence[Detection],
+    ship_masks: Sequence[np.ndarray],
+    changes: dict[int, tuple[str, int]],
+    path: str,
+    seed_level: float,
+    unusable: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """The true and false detections of a case as calibration outcomes (neutral ones left out).
+
+    Parameters
+    ----------
+    detections
+        basewatch's detections of the case, every candidate (with their ``properties``).
+    ship_masks, changes
+        As :func:`pipeline.evaluation.ports.label_detections` takes them.
+    path
+        ``series`` (the multi-date detector) or ``pair`` (``basewatch pair``).
+    seed_level
+        The seed level the detection's scores are in units of (the model's ``seed_level``).
+    unusable
+        (y, x) bool, pair only: pixels not usable on either date; gives ``mask_distance_px``
+        (distance of the detection's nearest pixel to one, capped as the detector caps it),
+        with :data:`PAIR_FILLED` for the other properties a pair does not write.
+
+    Returns
+    -------
+    list of dict
+        ``label`` (1 true, 0 false), ``path``, ``kind``, ``seed_level`` and the properties of
+        :data:`pipeline.evaluation.sweep_score.OUTCOME_KEYS` (``confidence``: the one the path
+        reported).
+    """
+    from scipy import ndimage
+
+    from pipeline.evaluation.sweep_score import OUTCOME_KEYS
+
+    distance = None
+    if unusable is not None:
+        cap = float(calibration.MASK_DISTANCE_CAP_PX)
+        distance = (
+            np.minimum(ndimage.distance_transform_edt(~unusable), cap)
+            if unusable.any()
+            else np.full(unusable.shape, cap)
+        )
+    out = []
+    for d, label in zip(detections, label_detections(detections, ship_masks, changes), strict=True):
+        if label is None or d.properties is None:
+            continue
+        props = {k: d.properties.get(k) for k in OUTCOME_KEYS}
+        if distance is not None:
+            props |= {k: v for k, v in PAIR_FILLED.items() if props.get(k) is None}
+            props["mask_distance_px"] = round(float(distance[d.rows, d.cols].min()), 2)
+        if props.get("noise_confidence") is None:
+            props["noise_confidence"] = props.get("confidence")
+        out.append(
+            {"label": label, "path": path, "kind": d.kind, "seed_level": seed_level, **props}
+        )
+    return out
 
 
 def write_band_folder(
@@ -82,14 +173,16 @@ def write_band_folder(
 
 def run_pair_case(
     case: PairCase, scene: PortScene, cfg: Config
-) -> tuple[dict, dict, dict[str, Any]]:
+) -> tuple[dict, dict, dict[str, Any], list[dict]]:
     """One pair case through ``basewatch pair`` (objects mode) and through CVA + Otsu.
 
     Returns
     -------
     tuple
-        Counts of basewatch, counts of the baseline (:func:`pipeline.evaluation.ports.score_case`)
-        and what was run (co-registration, thresholds).
+        Counts of basewatch, counts of the baseline (:func:`pipeline.evaluation.ports.score_case`),
+        what was run (co-registration, thresholds) and basewatch's outcomes
+        (:func:`case_outcomes`; ``basewatch pair`` keeps every candidate: it has no
+        confidence filter).
     """
     from pipeline.grid import pixel_size_m
     from pipeline.stages.pair import detect_pair, prepare_pair
@@ -112,10 +205,19 @@ def run_pair_case(
         "threshold": result.summary["detect"]["threshold"],
         "noise_sigma": result.summary["detect"]["noise_sigma"],
     }
+    outcomes = case_outcomes(
+        ours,
+        scene.ship_masks,
+        changes,
+        "pair",
+        float(result.summary["detect"]["threshold"]),
+        unusable=~(prep.before_ok & prep.after_ok),
+    )
     return (
         score_case(ours, scene.ship_masks, changes, lengths),
         score_case(base, scene.ship_masks, changes, lengths),
         info,
+        outcomes,
     )
 
 
@@ -153,15 +255,16 @@ def coregister_cube(cube: xr.Dataset, cfg: Config) -> tuple[xr.Dataset, list[dic
 
 def run_series_case(
     case: SeriesCase, scene: PortScene, cfg: Config
-) -> tuple[dict, dict, dict[str, Any]]:
+) -> tuple[dict, dict, dict[str, Any], list[dict]]:
     """One series case through the multi-date detector and through CVA + Otsu per date pair.
 
     Returns
     -------
     tuple
-        Counts of basewatch, counts of the baseline and what was run.
+        Counts of basewatch (the detections it reports), counts of the baseline, what was run
+        and the outcomes of every candidate (:func:`case_outcomes`).
     """
-    from pipeline.kernels.detect.core import detect_cube
+    from pipeline.kernels.detect.core import detect_cube, series_thresholds
 
     cube = series_cube(case, scene)
     aligned, estimates = coregister_cube(cube, cfg)
@@ -171,16 +274,18 @@ def run_series_case(
             f"{case.port}: co-registration dropped dates {set(case.dates) - set(dates)}"
         )
     bands = [b for b in cfg.load.bands if b in aligned]
+    every = cfg.detect.model_copy(update={"min_confidence": 0.0})
     result = detect_cube(
         aligned,
         np.zeros(scene.ships.shape, np.int32),
         [],
         [],
-        cfg.detect,
+        every,
         bands,
         calibration_model=active_model(),
     )
-    ours = series_detections(result.features, np.asarray(result.labels.values), dates)
+    candidates = series_detections(result.features, np.asarray(result.labels.values), dates)
+    ours = reported(candidates, cfg.detect.min_confidence)
     stack = np.stack([aligned[b].values for b in bands], axis=1)
     valid = aligned["valid"].values
     min_px = min_area_px(cfg, abs(scene.transform.a * scene.transform.e))
@@ -195,8 +300,20 @@ def run_series_case(
         "coregistration": estimates,
         "true_shift_px": [e.to_dict()["shift_px"] for e in case.effects],
     }
+    seed_level, _ = series_thresholds(cfg.detect, len(bands))
+    outcomes = case_outcomes(candidates, scene.ship_masks, case.events, "series", seed_level)
     return (
         score_case(ours, scene.ship_masks, case.events, lengths),
         score_case(base, scene.ship_masks, case.events, lengths),
         info,
+        outcomes,
     )
+
+
+def reported(detections: Sequence[Detection], min_confidence: float) -> list[Detection]:
+    """The detections the multi-date detector reports at ``min_confidence``: all of them
+    without a calibration model, else those whose confidence reaches it (as
+    :func:`pipeline.kernels.detect.core.detect_cube` filters them)."""
+    if active_model() is None or min_confidence <= 0:
+        return list(detections)
+    return [d for d in detections if float((d.properties or {})["confidence"]) >= min_confidence]

@@ -56,6 +56,8 @@ __all__ = [
     "run_sweep",
     "score_scene",
     "summarise",
+    "summarise_unmodelled",
+    "unmodelled_plan",
 ]
 
 NOMINAL_CONTRAST = 0.08
@@ -110,6 +112,61 @@ def default_plan(quick: bool = False, seeds: Sequence[int] = (0,)) -> list[Scena
             Scenario(cloud, misreg, contrast)
             for contrast in (0.03, 0.15)
             for cloud, misreg in ((0.1, 0.25), (0.3, 0.5))
+        ]
+    return [replace(s, seed=seed) for seed in seeds for s in base]
+
+
+def unmodelled_plan(quick: bool = False, seeds: Sequence[int] = (0,)) -> list[Scenario]:
+    """Scenarios under conditions the detector does not model
+    (:mod:`pipeline.simulate.sweep_unmodelled`).
+
+    Each is a scenario of :func:`default_plan` (the *modelled twin*: same setting and seed, so
+    the same ground, objects, cloud fields and shifts) with one or more conditions changed; all
+    lie in the envelope (nominal contrast, cloud <= 0.3, misregistration <= 0.5 px).
+
+    Parameters
+    ----------
+    quick
+        One small scene with every condition changed (its twin is the second quick scenario).
+    seeds
+        Repeat every scenario with each seed.
+
+    Returns
+    -------
+    list of Scenario
+        Ice and haze clouds, and diffuse and umbra shadows, at cloud 0.1 / 0.25 px and
+        0.3 / 0.5 px; non-rectangular objects (``varied``) at 0 / 0 px, 0.1 / 0.25 px and
+        0.3 / 0.5 px; every condition together (diffuse shadows) at 0.2 / 0.25 px (ice) and
+        0.2 / 0.5 px (haze): 13 scenes.
+    """
+    if quick:
+        sizes = (10.0, 20.0, 60.0, 130.0)
+        base = [
+            Scenario(
+                0.3, 0.5, NOMINAL_CONTRAST, sizes, 6,
+                cloud_spectrum="ice", shadow_spectrum="diffuse", object_shape="varied",
+            )
+        ]  # fmt: skip
+    else:
+        cloudy = ((0.1, 0.25), (0.3, 0.5))
+        base = [
+            Scenario(cloud, misreg, NOMINAL_CONTRAST, cloud_spectrum=kind)
+            for kind in ("ice", "haze")
+            for cloud, misreg in cloudy
+        ]
+        base += [
+            Scenario(cloud, misreg, NOMINAL_CONTRAST, shadow_spectrum=kind)
+            for kind in ("diffuse", "umbra")
+            for cloud, misreg in cloudy
+        ]
+        base += [
+            Scenario(cloud, misreg, NOMINAL_CONTRAST, object_shape="varied")
+            for cloud, misreg in ((0.0, 0.0), *cloudy)
+        ]
+        every = replace(Scenario(), shadow_spectrum="diffuse", object_shape="varied")
+        base += [
+            replace(every, cloud_fraction=0.2, misregistration_px=0.25, cloud_spectrum="ice"),
+            replace(every, cloud_fraction=0.2, misregistration_px=0.5, cloud_spectrum="haze"),
         ]
     return [replace(s, seed=seed) for seed in seeds for s in base]
 
@@ -301,21 +358,136 @@ SCENE_LEAVES_OUT = ("curve", "n_scenes", "calibration")
 """Pooled figures not repeated on each scene's line."""
 
 
+def _scenario(r: dict) -> Scenario:
+    """The scenario of a record (records of older runs lack the newer fields: defaults)."""
+    return Scenario(**{**r["scenario"], "sizes_m": tuple(r["scenario"]["sizes_m"])})
+
+
+HEADLINE_KEYS = (
+    "n_scenes",
+    "recall_0_20m",
+    "recall_20_40m",
+    "recall_40m_plus",
+    "recall_visits_40m_plus",
+    "precision",
+    "tp_detections",
+    "fp_detections",
+    "false_alarms_per_km2_date",
+    "false_alarm_causes",
+    "date_interval_share",
+)
+"""The pooled figures repeated for each unmodelled condition and its modelled twins."""
+
+
+def _headline(pooled: dict) -> dict[str, Any]:
+    cal = pooled["calibration"]
+    return {
+        **{k: pooled[k] for k in HEADLINE_KEYS},
+        "calibration": {"brier": cal["brier"], "n": cal["n"]},
+    }
+
+
+def _by_shape(records: Sequence[dict]) -> dict[str, dict[str, Any]]:
+    """Recall of lasting changes per object shape and size bin, pooled."""
+    cells: dict[str, dict[float, list[int]]] = {}
+    for r in records:
+        for name, sizes in r.get("by_shape", {}).items():
+            for key, (hit, n) in sizes.items():
+                cell = cells.setdefault(name, {}).setdefault(float(key), [0, 0])
+                cell[0] += hit
+                cell[1] += n
+    out = {}
+    for name, sizes in sorted(cells.items()):
+        row: dict[str, Any] = {}
+        for lo, hi in SIZE_BINS_M:
+            hit = sum(v[0] for k, v in sizes.items() if lo <= k < hi)
+            n = sum(v[1] for k, v in sizes.items() if lo <= k < hi)
+            label = f"{lo:g}_{hi:g}m" if hi < 1e8 else f"{lo:g}m_plus"
+            row[f"recall_{label}"] = _ratio(hit, n)
+            row[f"n_events_{label}"] = n
+        out[name] = row
+    return out
+
+
+def summarise_unmodelled(records: Sequence[dict]) -> dict[str, Any] | None:
+    """The scenes under conditions the detector does not model, apart from the others.
+
+    Parameters
+    ----------
+    records
+        Every record of the run (modelled and not).
+
+    Returns
+    -------
+    dict or None
+        None without unmodelled records; else ``conditions`` (what each is),
+        ``all`` (pooled over the unmodelled scenes: the envelope's figures, calibration
+        included, ``targets``/``meets`` and ``recall_by_shape``), ``modelled_twins`` (the same
+        pooled over the scenes of this run that are their twins: same setting and seed, every
+        condition modelled; one twin per unmodelled scene, so a twin shared by several counts
+        as often; None if any is absent), and ``by_condition`` (per combination of
+        conditions: headline figures, and ``twins``: the same of its twins).
+    """
+    from pipeline.simulate.sweep_unmodelled import CONDITION_NOTES
+
+    unmodelled = [r for r in records if _scenario(r).unmodelled]
+    if not unmodelled:
+        return None
+    modelled = {_scenario(r): r for r in records if not _scenario(r).unmodelled}
+
+    def twins(recs: Sequence[dict]) -> list[dict]:
+        found = [modelled.get(_scenario(r).modelled_twin()) for r in recs]
+        return [t for t in found if t is not None] if all(found) else []
+
+    every = _pool(unmodelled)
+    every["targets"] = TARGETS
+    every["meets"] = _check(every)
+    every["recall_by_shape"] = _by_shape(unmodelled)
+    all_twins = twins(unmodelled)
+    groups: dict[str, list[dict]] = {}
+    for r in unmodelled:
+        groups.setdefault(" + ".join(_scenario(r).unmodelled), []).append(r)
+    by_condition = {}
+    for label, recs in sorted(groups.items()):
+        pair = twins(recs)
+        by_condition[label] = {
+            **_headline(_pool(recs)),
+            "twins": _headline(_pool(pair)) if pair else None,
+        }
+    return {
+        "conditions": CONDITION_NOTES,
+        "n_scenes": len(unmodelled),
+        "all": every,
+        "modelled_twins": {**_pool(all_twins), "recall_by_shape": _by_shape(all_twins)}
+        if all_twins
+        else None,
+        "by_condition": by_condition,
+    }
+
+
 def summarise(records: Sequence[dict]) -> dict[str, Any]:
-    """Pooled figures of the sweep: the envelope (with the targets), and each setting.
+    """Pooled figures of the sweep: the envelope (with the targets), each setting, and apart,
+    the scenes under conditions the detector does not model.
+
+    Every figure but ``unmodelled`` and ``scenes`` is pooled over the *modelled* scenes only
+    (clouds of the detector's cloud-top spectrum, grey shadows, rectangles), as before those
+    conditions existed, so they stay comparable.
 
     Returns
     -------
     dict
         ``envelope`` (pooled, ``targets`` and ``meets`` per target), ``curves`` (recall per
         size: the envelope, each other contrast, misregistration beyond 0.5 px), ``by_contrast``,
-        ``by_misregistration`` and ``by_cloud`` (pooled per value), and ``scenes`` (one line
-        per scenario).
+        ``by_misregistration`` and ``by_cloud`` (pooled per value), ``unmodelled``
+        (:func:`summarise_unmodelled`, present when the run has such scenes) and ``scenes``
+        (one line per scenario, every scene).
     """
 
     def sc(r: dict, key: str) -> float:
         return float(r["scenario"][key])
 
+    everything = list(records)
+    records = [r for r in everything if not _scenario(r).unmodelled]
     env = [
         r
         for r in records
@@ -343,12 +515,18 @@ def summarise(records: Sequence[dict]) -> dict[str, Any]:
     if far:
         worst = max(sc(r, "misregistration_px") for r in far)
         curves[f"misregistration {worst:g} px"] = _pool(far)["curve"]
-    return {
+    out: dict[str, Any] = {
         "envelope": envelope,
         "curves": curves,
         "by_contrast": group("contrast"),
         "by_misregistration": group("misregistration_px"),
         "by_cloud": group("cloud_fraction"),
+    }
+    unmodelled = summarise_unmodelled(everything)
+    if unmodelled is not None:
+        out["unmodelled"] = unmodelled
+    return {
+        **out,
         "scenes": [
             {
                 **r["scenario"],
@@ -357,7 +535,7 @@ def summarise(records: Sequence[dict]) -> dict[str, Any]:
                 "masked_fraction": r["masked_fraction"],
                 "seconds": r["seconds"],
             }
-            for r in records
+            for r in everything
         ],
     }
 

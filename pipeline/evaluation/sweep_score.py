@@ -102,7 +102,8 @@ def score_scene(
     dict
         ``by_size`` (length -> [found, scored] events of lasting changes),
         ``visits_by_size`` (the same for the appearance and removal of objects there on one
-        date only), ``tp``, ``fp``, ``neutral``,
+        date only), ``by_shape`` (object shape -> the same as ``by_size``), ``tp``, ``fp``,
+        ``neutral``,
         ``removals_found`` (scored removals with a removal detected on their footprint, any
         dates), ``removals_dated`` (one of those holds the truth's interval), ``fp_ids``
         ``fp_causes`` (counts: ``at_object``, ``wet_apron``, ``near_cloud``, ``other``) and
@@ -126,7 +127,9 @@ def score_scene(
     ]
     footprint = {o["id"]: shape(o["geometry"]) for o in truth["objects"]}
     role = {o["id"]: o.get("role") for o in truth["objects"]}
+    outline = {o["id"]: o.get("shape", "rectangle") for o in truth["objects"]}
     by_size: dict[str, list[int]] = {}
+    by_shape: dict[str, dict[str, list[int]]] = {}
     visits: dict[str, list[int]] = {}
     found = dated = 0
     for e in truth["events"]:
@@ -139,6 +142,10 @@ def score_scene(
         cell = counts.setdefault(key, [0, 0])
         cell[0] += bool(ev["event_matches"][eid])
         cell[1] += 1
+        if counts is by_size:
+            per = by_shape.setdefault(outline[e["object_id"]], {}).setdefault(key, [0, 0])
+            per[0] += bool(ev["event_matches"][eid])
+            per[1] += 1
         if e["kind"] != "removed" or counts is visits:
             continue
         # located: a removal on the footprint, whatever its dates (the recall above also
@@ -154,6 +161,7 @@ def score_scene(
     return {
         "by_size": by_size,
         "visits_by_size": visits,
+        "by_shape": by_shape,
         "tp": ev["tp_detections"],
         "fp": ev["fp_detections"],
         "neutral": ev["neutral_detections"],

@@ -12,8 +12,10 @@ From one real date this module makes the dates of a benchmark case:
 - **Removal** (:func:`remove_ships`): a ship's footprint, dilated by :data:`HALO_PX` to take its
   PSF halo, is filled with the water around it, never with a quay (:func:`water_mask`: dark in
   NIR and SWIR, :data:`GUARD_PX` beyond the ships' halos); a staying ship alongside keeps its
-  pixels. The fill draws water pixels (all bands together) at random from a ring around the
-  ship: the level, spread and band correlation of the water there.
+  pixels. The fill is a patch of real water of the footprint's shape, from the nearest place
+  wholly on water, brought to the level of the water in a ring around the ship (pixels drawn
+  at random from that ring where no such patch lies near); a series fills every ship from one
+  :func:`water_map`, so a footprint left empty stays the same from date to date.
 - **Dates** (:func:`observe`): each date gets its own sub-pixel shift (at most
   :data:`MAX_SHIFT_PX`, cubic spline), gain (:data:`GAIN_RANGE` for the date times 1 +/- 1 % per
   band), haze (an additive field smooth over kilometres, blue-heavy as lambda^-2) and sensor
@@ -80,7 +82,11 @@ GUARD_PX = 3
 the mixed pixels of a hull beyond the annotation reach past the halo)."""
 
 RING_PX = 8
-"""Width (px) of the ring of water around a removed ship whose texture fills it."""
+"""Width (px) of the ring of water around a removed ship whose pixels fill it where no patch of
+water of its shape lies near (:data:`PATCH_SEARCH_PX`)."""
+
+PATCH_SEARCH_PX = 64
+"""How far (px) from a ship a patch of water of its footprint's shape is looked for."""
 
 MAX_SHIFT_PX = 0.5
 """Largest sub-pixel shift of a date (length of the shift vector)."""
@@ -256,22 +262,73 @@ def _draw_water(
     cols: np.ndarray,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """(B, n) water pixels drawn for the ``n`` pixels of one footprint (see
-    :func:`remove_ships`)."""
-    eight = np.ones((3, 3), bool)
+    """(B, n) water for the ``n`` pixels ``rows, cols`` of one footprint (see
+    :func:`water_map`).
+
+    A patch of real water: the footprint's own shape moved to the nearest place (within
+    :data:`PATCH_SEARCH_PX`) where it lies wholly on water (:func:`water_mask`), brought to the
+    per-band median of the water within :data:`RING_PX` of the footprint (the ring doubled
+    until it holds 30 water pixels): the fill has the level of the water right around the
+    ship and the band correlation and spatial texture of real water (water drawn pixel by pixel
+    is rougher than any real water, and a sub-pixel shift of that roughness is a change).
+    Where no such place exists (a ship in a dock, in a narrow slip), pixels drawn at random
+    from that ring.
+    """
     ny, nx = foot.shape
     fr, fc = np.nonzero(foot)
+    r0, r1 = fr.min(), fr.max() + 1
+    c0, c1 = fc.min(), fc.max() + 1
+    eight = np.ones((3, 3), bool)
     ring_px = RING_PX
     while True:
-        r0, r1 = max(fr.min() - ring_px, 0), min(fr.max() + ring_px + 1, ny)
-        c0, c1 = max(fc.min() - ring_px, 0), min(fc.max() + ring_px + 1, nx)
-        ring = ndimage.binary_dilation(foot[r0:r1, c0:c1], eight, iterations=ring_px)
-        ring &= wf.water[r0:r1, c0:c1]
+        a0, a1 = max(r0 - ring_px, 0), min(r1 + ring_px, ny)
+        b0, b1 = max(c0 - ring_px, 0), min(c1 + ring_px, nx)
+        ring = ndimage.binary_dilation(foot[a0:a1, b0:b1], eight, iterations=ring_px)
+        ring &= wf.water[a0:a1, b0:b1]
         if ring.sum() >= 30 or ring_px >= 64:
             break
         ring_px *= 2
-    pool = scene.bands[:, r0:r1, c0:c1][:, ring] if ring.any() else scene.bands[:, wf.water]
-    return pool[:, rng.integers(0, pool.shape[1], size=rows.size)]
+    pool = scene.bands[:, a0:a1, b0:b1][:, ring] if ring.any() else scene.bands[:, wf.water]
+    patch = _water_patch(scene, wf, foot[r0:r1, c0:c1], (r0, c0), rows, cols)
+    if patch is None:
+        return pool[:, rng.integers(0, pool.shape[1], size=rows.size)]
+    # the patch's texture at the level of the water right around the ship
+    level = np.median(pool, axis=1) - np.median(patch, axis=1)
+    return patch + level[:, None].astype(patch.dtype)
+
+
+def _water_patch(
+    scene: PortScene,
+    wf: WaterFill,
+    shape: np.ndarray,
+    corner: tuple[int, int],
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> np.ndarray | None:
+    """(B, n) bands of ``rows, cols`` moved by the nearest offset (within
+    :data:`PATCH_SEARCH_PX`) that puts the footprint (``shape``, whose top-left pixel is
+    ``corner``) wholly on water; None where there is none."""
+    ny, nx = wf.water.shape
+    r0, c0 = corner
+    h, w = shape.shape
+    s = PATCH_SEARCH_PX
+    w0, w1 = max(r0 - s, 0), min(r0 + h + s, ny)
+    v0, v1 = max(c0 - s, 0), min(c0 + w + s, nx)
+    sub = wf.water[w0:w1, v0:v1]
+    if sub.shape[0] < h or sub.shape[1] < w:
+        return None
+    # where the footprint fits on water: an erosion of the water by the footprint, with its
+    # top-left corner as the origin (padded so that no place is cut at the far edges)
+    padded = np.zeros((sub.shape[0] + h, sub.shape[1] + w), bool)
+    padded[: sub.shape[0], : sub.shape[1]] = sub
+    fits = ndimage.binary_erosion(padded, shape, origin=(-(h // 2), -(w // 2)))
+    fits = fits[: sub.shape[0], : sub.shape[1]]
+    if not fits.any():
+        return None
+    top, left = np.nonzero(fits)
+    dys, dxs = top + w0 - r0, left + v0 - c0
+    k = int(np.argmin(dys**2 + dxs**2))
+    return scene.bands[:, rows + int(dys[k]), cols + int(dxs[k])]
 
 
 def _haze_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

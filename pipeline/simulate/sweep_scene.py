@@ -21,6 +21,12 @@ no STAC: a cube as the loader would give it, plus the truth). One scene (:func:`
   offset drift, sensor noise (0.004), clouds covering on average ``cloud_fraction`` of the
   scene (per date uniform in 0..2x that) with thin edges beyond what is flagged and shadows
   cast beside them, and now and then a wet apron (one apron darkened by 15 % on one date).
+- **Conditions the detector does not model** (off by default;
+:mod:`pipeline.simulate.sweep_unmodelled`):
+  a cloud spectrum other than the water-cloud top (``ice``, ``haze``), shadows that darken the
+  bands unequally (``diffuse``, ``umbra``), and objects that are not rectangles (``cross``,
+  ``hull``, ``ellipse``, ``varied``). Each is drawn from a random stream of its own, so the
+  scene is otherwise its modelled twin's.
 - **Validity** as the loader gives it: not flagged cloud or shadow, the flags dilated by 3 px.
   The thin cloud edges are beyond the flags, and may be beyond the dilation too.
 
@@ -34,13 +40,24 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import xarray as xr
 from pyproj import Transformer
 from scipy import ndimage
+
+from pipeline.simulate.sweep_unmodelled import (
+    CloudSpectrum,
+    ObjectShape,
+    ShadowSpectrum,
+    cloud_spectrum,
+    condition_rng,
+    polygon_cover,
+    shadow_depth,
+    shape_outline,
+)
 
 __all__ = ["CELL_PX", "ROLES", "SUPER", "Scenario", "SweepScene", "make_scene"]
 
@@ -77,7 +94,6 @@ _SURFACES = {
     "sand": (0.180, 0.220, 0.270, 0.310, 0.380, 0.330),
 }
 _CANOPY = np.array((0.030, 0.070, 0.040, 0.420, 0.210, 0.100), dtype=np.float32)
-_CLOUD = np.array((0.560, 0.550, 0.540, 0.530, 0.390, 0.270), dtype=np.float32)
 _HAZE = np.array((1.0, 0.8, 0.6, 0.4, 0.2, 0.1), dtype=np.float32)
 _APRONS = ("concrete", "hardstand", "asphalt", "concrete", "sand")
 
@@ -117,6 +133,36 @@ class Scenario:
     """Dates in the series."""
     seed: int = 0
     """Everything random follows from it."""
+    cloud_spectrum: CloudSpectrum = "water"
+    """Cloud reflectance: ``water`` (modelled: the detector's cloud-top shape), ``ice`` (SWIR
+    far lower) or ``haze`` (rising toward the blue); see
+    :mod:`pipeline.simulate.sweep_unmodelled`."""
+    shadow_spectrum: ShadowSpectrum = "grey"
+    """Shadow darkening: ``grey`` (modelled: every band by the same factor), ``diffuse`` (the
+    bluer skylight stays: blue darkened least; same mean depth) or ``umbra`` (only the skylight
+    stays: deeper too)."""
+    object_shape: ObjectShape = "rectangle"
+    """Object outline: ``rectangle`` (modelled), ``cross`` (aircraft), ``hull`` (ship),
+    ``ellipse``, or ``varied`` (one of the three per object)."""
+
+    @property
+    def unmodelled(self) -> tuple[str, ...]:
+        """The conditions of this scenario the detector does not model (empty: none), e.g.
+        ``("cloud ice", "shapes varied")``."""
+        out = []
+        if self.cloud_spectrum != "water":
+            out.append(f"cloud {self.cloud_spectrum}")
+        if self.shadow_spectrum != "grey":
+            out.append(f"shadow {self.shadow_spectrum}")
+        if self.object_shape != "rectangle":
+            out.append(f"shapes {self.object_shape}")
+        return tuple(out)
+
+    def modelled_twin(self) -> Scenario:
+        """The same scenario with every condition the detector models (same scene otherwise)."""
+        return replace(
+            self, cloud_spectrum="water", shadow_spectrum="grey", object_shape="rectangle"
+        )
 
     @property
     def grid_px(self) -> int:
@@ -269,6 +315,11 @@ def make_scene(scn: Scenario) -> SweepScene:
     rng = np.random.default_rng(
         [scn.seed, round(scn.cloud_fraction * 1000), round(scn.misregistration_px * 1000)]
     )
+    # the unmodelled conditions draw from streams of their own: the scene is otherwise the same
+    key = (scn.seed, scn.cloud_fraction, scn.misregistration_px)
+    cloud_top = cloud_spectrum(scn.cloud_spectrum, condition_rng("cloud", *key))
+    shade = shadow_depth(scn.shadow_spectrum, condition_rng("shadow", *key))
+    shape_rng = condition_rng("shapes", *key)
     n = scn.grid_px
     n_hr = n * SUPER
     t_n = scn.n_dates
@@ -305,9 +356,17 @@ def make_scene(scn: Scenario) -> SweepScene:
             length_m, width_m = float(size), max(0.4 * float(size), 4.0)
             angle = rng.uniform(0, math.pi)
             centre_hr = (centre[0] * SUPER, centre[1] * SUPER)
-            win, cover = _rectangle_cover(
-                n_hr, centre_hr, length_m / 10 * SUPER, width_m / 10 * SUPER, angle
-            )
+            if scn.object_shape == "rectangle":
+                shape_name, outline = "rectangle", None
+                win, cover = _rectangle_cover(
+                    n_hr, centre_hr, length_m / 10 * SUPER, width_m / 10 * SUPER, angle
+                )
+                area_m2 = length_m * width_m
+            else:
+                shape_name, outline = shape_outline(scn.object_shape, length_m, shape_rng)
+                win, cover = polygon_cover(n_hr, centre_hr, outline, 10 / SUPER, angle)
+                width_m = float(outline.bounds[3] - outline.bounds[1])
+                area_m2 = float(outline.area)
             change = int(rng.integers(2, t_n - 1))
             if role == "visit":
                 present = [t == change for t in range(t_n)]
@@ -324,7 +383,11 @@ def make_scene(scn: Scenario) -> SweepScene:
             footprints[oid] = (pix >= FOOTPRINT_COVER) | (pix == pix.max())
             ca, sa = math.cos(angle), math.sin(angle)
             hl, hw = length_m / 2, width_m / 2
-            local = np.array([(-hl, -hw), (hl, -hw), (hl, hw), (-hl, hw)])
+            local = (
+                np.array([(-hl, -hw), (hl, -hw), (hl, hw), (-hl, hw)])
+                if outline is None
+                else np.asarray(outline.exterior.coords)[:-1]
+            )
             x0 = ORIGIN_XY[0] + centre[1] * 10
             y0 = ORIGIN_XY[1] - centre[0] * 10
             # (u, v) along/across the heading; rows grow southwards
@@ -340,6 +403,8 @@ def make_scene(scn: Scenario) -> SweepScene:
                     "class": "object",
                     "length_m": length_m,
                     "width_m": width_m,
+                    "shape": shape_name,
+                    "area_m2": round(area_m2, 1),
                     "role": role,
                     "contrast": round(float(np.sqrt(np.mean((spec - apron) ** 2))), 4),
                     "geometry": _lonlat_polygon(to_ll, xy),
@@ -381,8 +446,8 @@ def make_scene(scn: Scenario) -> SweepScene:
         img += (rng.uniform(0, HAZE_MAX) * _HAZE)[:, None, None]
         frac = min(0.9, rng.uniform(0, 2 * scn.cloud_fraction))
         cloud, shadow, flag_c, flag_s = _sky(rng, n, frac)
-        img = img * (1 - 0.5 * shadow)[None]
-        img = img * (1 - cloud)[None] + _CLOUD[:, None, None] * cloud[None]
+        img = img * (1 - shade[:, None, None] * shadow[None])
+        img = img * (1 - cloud)[None] + cloud_top[:, None, None] * cloud[None]
         img += NOISE * rng.standard_normal(img.shape).astype(np.float32)
         flags = ndimage.binary_dilation(flag_c | flag_s, iterations=MASK_DILATION_PX)
         stack[t] = np.where(flags[None], np.nan, img)

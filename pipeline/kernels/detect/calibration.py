@@ -157,6 +157,15 @@ def design(props: Sequence[Mapping[str, Any]], seed_level: float) -> np.ndarray:
     return np.asarray(rows, dtype=float).reshape(len(rows), len(FEATURES))
 
 
+def design_outcomes(outcomes: Sequence[Mapping[str, Any]], seed_level: float) -> np.ndarray:
+    """:func:`design` of stored outcomes, each row in units of its own ``seed_level`` when the
+    outcome carries one (real-background pair and series cases have different seed levels),
+    else of ``seed_level``."""
+    if not outcomes:
+        return np.zeros((0, len(FEATURES)))
+    return np.vstack([design([o], float(o.get("seed_level") or seed_level)) for o in outcomes])
+
+
 def fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, meta: Mapping | None = None) -> Model:
     """Fit a logistic model by penalised maximum likelihood (L2 on the coefficients).
 

@@ -501,6 +501,11 @@ def background_margin(
     return out
 
 
+WATER_INDEX_SIGMAS = 2.0
+"""A view is open water when its water index passes the threshold by this many times its own
+noise (the band noise propagated through the index): two standard errors."""
+
+
 def water_margin(
     before: np.ndarray,
     after: np.ndarray,
@@ -514,7 +519,8 @@ def water_margin(
     Nothing a site watches is water: a ship, an aircraft or a vehicle stands on water or on
     ground, and open water is always a background. Where exactly one view of a changed pixel
     is water (McFeeters' normalised difference water index ``(green - nir) / (green + nir)``
-    above ``ndwi``) and that view is also the darker in the near infrared (water absorbs it),
+    above ``ndwi`` by :data:`WATER_INDEX_SIGMAS` times its noise; the other view's index below
+    ``ndwi``) and that view is also the darker in the near infrared (water absorbs it),
     the pixel is signed by it, with the whole change as its weight: > 0 (removed) when the
     after view is the water, < 0 (appeared) when the before view is. This holds where the
     surroundings cannot tell: a ship in a dock or alongside other ships is as bright as its
@@ -540,13 +546,25 @@ def water_margin(
         water, 0 elsewhere.
     """
     g, n = water_bands
+    sg, sn = float(sigma[g]), float(sigma[n])
+
+    def index(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The view's water index and its noise (first-order propagation of the band noise)."""
+        total = view[g] + view[n]
+        value = (view[g] - view[n]) / total
+        noise = 2.0 * np.hypot(view[n] * sg, view[g] * sn) / total**2
+        return value, noise
+
     with np.errstate(invalid="ignore", divide="ignore"):
-        wb = (before[g] - before[n]) / (before[g] + before[n]) > ndwi
-        wa = (after[g] - after[n]) / (after[g] + after[n]) > ndwi
+        (ib, nb), (ia, na) = index(before), index(after)
+        # water: above the threshold by WATER_INDEX_SIGMAS of its own noise (a dark patch of
+        # concrete whose index is near the threshold is not water by chance); not water: below
+        wb, wa = ib > ndwi + WATER_INDEX_SIGMAS * nb, ia > ndwi + WATER_INDEX_SIGMAS * na
+        dry_b, dry_a = ib < ndwi, ia < ndwi
         scale = (1.0 / np.asarray(sigma, dtype=np.float64))[:, None, None]
         change2 = np.nansum(((after - before) * scale) ** 2, axis=0)
-    removed = changed & wa & ~wb & (after[n] < before[n])
-    appeared = changed & wb & ~wa & (before[n] < after[n])
+    removed = changed & wa & dry_b & (after[n] < before[n])
+    appeared = changed & wb & dry_a & (before[n] < after[n])
     out = np.zeros(changed.shape, np.float32)
     out[removed] = change2[removed]
     out[appeared] = -change2[appeared]

@@ -2,8 +2,9 @@
 
 Each :class:`~pipeline.simulate.sweep_scene.Scenario` is generated
 (:func:`pipeline.simulate.sweep_scene.make_scene`), co-registered exactly as the site pipeline does
-(:func:`coregister_cube`: the shift of every date on the nir band against the most valid date, then
-:func:`pipeline.kernels.coregister.shift.apply_shift`), and detected with
+(:func:`pipeline.kernels.coregister.shift.coregister_cube`, the project's one co-register-a-stack
+function: the shift of every date on the nir band against the most valid date, applied to every
+band; a pixel where a shifted band is not finite is not valid), and detected with
 :func:`pipeline.kernels.detect.core.detect_cube`: the detector sees the cube only.
 :func:`score_scene` then compares its features with the scene's truth
 (:func:`pipeline.evaluation.site.evaluate_objects`: same kind, polygons intersect, date intervals
@@ -38,18 +39,16 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
-import xarray as xr
 
 from pipeline.config import CoregisterConfig, DetectConfig
 from pipeline.evaluation.sweep_score import reliability, score_scene
 from pipeline.io.calibration import active_model
-from pipeline.kernels.coregister.shift import apply_shift, apply_shift_mask, coregister_stack
+from pipeline.kernels.coregister.shift import coregister_cube, shift_report
 from pipeline.kernels.detect.core import detect_cube
-from pipeline.simulate.sweep_scene import BANDS, Scenario, make_scene
+from pipeline.simulate.sweep_scene import Scenario, make_scene
 
 __all__ = [
     "NOMINAL_CONTRAST",
-    "coregister_cube",
     "default_plan",
     "reliability",
     "run_scenario",
@@ -171,66 +170,6 @@ def unmodelled_plan(quick: bool = False, seeds: Sequence[int] = (0,)) -> list[Sc
     return [replace(s, seed=seed) for seed in seeds for s in base]
 
 
-def coregister_cube(cube: xr.Dataset, cfg: CoregisterConfig) -> tuple[xr.Dataset, dict]:
-    """Co-register every date of a cube on its most valid date (the ``coregister`` stage).
-
-    Parameters
-    ----------
-    cube
-        (time, y, x) bands and ``valid``, numpy-backed.
-    cfg
-        Co-registration parameters (band, limits).
-
-    Returns
-    -------
-    tuple
-        The aligned cube (failed dates dropped; bands NaN where not valid) and
-        ``{"reference_date", "dates": [{date, shift_x_px, shift_y_px, status, ...}]}``.
-    """
-    band = cube[cfg.band].values.astype(np.float32)
-    ref, estimates = coregister_stack(
-        band,
-        cube["valid"].values,
-        upsample=cfg.upsample,
-        max_shift_px=cfg.max_shift_px,
-        min_valid_fraction=cfg.min_valid_fraction,
-        min_quality=cfg.min_quality,
-    )
-    days = [str(np.datetime_as_string(t, unit="D")) for t in cube["time"].values]
-    keep = [i for i, e in enumerate(estimates) if e.usable]
-    data: dict[str, Any] = {}
-    valid = np.stack(
-        [
-            apply_shift_mask(
-                cube["valid"].values[i], estimates[i].shift_x_px, estimates[i].shift_y_px
-            )
-            for i in keep
-        ]
-    )
-    for name in BANDS:
-        planes = np.stack(
-            [
-                apply_shift(cube[name].values[i], estimates[i].shift_x_px, estimates[i].shift_y_px)
-                for i in keep
-            ]
-        )
-        valid &= np.isfinite(planes)
-        data[name] = planes
-    for name in BANDS:
-        data[name] = (("time", "y", "x"), np.where(valid, data[name], np.nan).astype(np.float32))
-    data["valid"] = (("time", "y", "x"), valid)
-    aligned = xr.Dataset(
-        data,
-        coords={"time": cube["time"].values[keep], "y": cube["y"].values, "x": cube["x"].values},
-        attrs=dict(cube.attrs),
-    )
-    report = {
-        "reference_date": days[ref],
-        "dates": [{"date": d, **e.to_dict()} for d, e in zip(days, estimates, strict=True)],
-    }
-    return aligned, report
-
-
 def _coreg_rmse(report: dict, truth: dict) -> float | None:
     """RMSE (px) of the estimated shifts against the truth, relative to the reference date."""
     ref = truth["shifts"][report["reference_date"]]
@@ -258,7 +197,8 @@ def run_scenario(
     """
     t0 = time.perf_counter()
     scene = make_scene(scn)
-    aligned, report = coregister_cube(scene.cube, coreg_cfg)
+    aligned, estimates, ref = coregister_cube(scene.cube, coreg_cfg, drop_nonfinite=True)
+    report = shift_report(scene.cube["time"].values, estimates, ref)
     ny, nx = aligned.sizes["y"], aligned.sizes["x"]
     result = detect_cube(
         aligned,

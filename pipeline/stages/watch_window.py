@@ -73,55 +73,23 @@ def _first_day(items: Sequence[pystac.Item]) -> str:
     return min(item_day(it) for it in items)
 
 
-def _align(cubes: list[xr.Dataset], estimates: list[Any]) -> xr.Dataset:
-    """The dates of ``cubes`` shifted onto the window's reference (numpy)."""
-    from pipeline.kernels.coregister.shift import apply_shift, apply_shift_mask
-
-    ds = xr.concat(cubes, dim="time", coords="minimal", compat="override")
-    bands = [str(v) for v in ds.data_vars if v not in ("valid", "scl")]
-    dims = ("time", "y", "x")
-    valid = np.stack(
-        [
-            np.asarray(apply_shift_mask(ds["valid"].values[i], e.shift_x_px, e.shift_y_px))
-            for i, e in enumerate(estimates)
-        ]
-    ).astype(bool)
-    out = {"valid": (dims, valid)}
-    for b in bands:
-        arr = np.stack(
-            [
-                np.asarray(apply_shift(ds[b].values[i], e.shift_x_px, e.shift_y_px))
-                for i, e in enumerate(estimates)
-            ]
-        ).astype(np.float32)
-        out[b] = (dims, np.where(valid, arr, np.nan).astype(np.float32))
-    coords = {k: ds[k] for k in ("time", "y", "x")}
-    return xr.Dataset(out, coords=coords, attrs=dict(cubes[0].attrs))
-
-
 def _detect(
     cfg: Config, site: Site, days: list[str], loaded: dict[str, xr.Dataset], ref_day: str | None
 ) -> tuple[int, list[Any], list[dict], list[dict]]:
     """Co-register and detect on the window: (reference index, estimates, features, pairs)."""
-    from pipeline.kernels.coregister import shift as coregister
+    from pipeline.kernels.coregister.shift import coregister_cube
     from pipeline.kernels.detect import core as detect
 
-    c = cfg.coregister
-    band = np.stack([loaded[d][c.band].values[0] for d in days]).astype(np.float32)
-    valid = np.stack([loaded[d]["valid"].values[0] for d in days]).astype(bool)
-    ref_i, estimates = coregister.coregister_stack(
-        band,
-        valid,
+    window = xr.concat([loaded[d] for d in days], dim="time", coords="minimal", compat="override")
+    # The window is detected on its bands and ``valid`` only (no SCL), as it always was.
+    window = window.drop_vars("scl", errors="ignore")
+    aligned, estimates, ref_i = coregister_cube(
+        window,
+        cfg.coregister,
         reference_index=days.index(ref_day) if ref_day in days else None,
-        upsample=c.upsample,
-        max_shift_px=c.max_shift_px,
-        min_valid_fraction=c.min_valid_fraction,
-        min_quality=c.min_quality,
     )
-    usable = [i for i, e in enumerate(estimates) if e.status != "failed"]
-    if len(usable) < 2:
+    if aligned.sizes["time"] < 2:
         return ref_i, estimates, [], []
-    aligned = _align([loaded[days[i]] for i in usable], [estimates[i] for i in usable])
     zones = site.zone_raster(site.geobox(cfg.load.resolution_m))
     result = detect.detect_cube(
         aligned,

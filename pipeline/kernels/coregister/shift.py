@@ -61,6 +61,7 @@ __all__ = [
     "coregister_cube",
     "coregister_stack",
     "estimate_shift",
+    "shift_report",
 ]
 
 OK_SHIFT_PX = 0.1
@@ -367,12 +368,17 @@ def coregister_stack(
 
 
 def coregister_cube(
-    cube: xr.Dataset, cfg: CoregisterConfig
+    cube: xr.Dataset,
+    cfg: CoregisterConfig,
+    *,
+    reference_index: int | None = None,
+    drop_nonfinite: bool = False,
 ) -> tuple[xr.Dataset, list[ShiftEstimate], int]:
-    """Co-register every date of a cube to its most valid date and apply the shifts.
+    """Co-register every date of a cube to one reference date and apply the shifts.
 
-    The one "co-register a stack" of the project: the ``coregister`` stage and
-    ``basewatch series`` both call it.
+    The one "co-register a stack" of the project: the ``coregister`` stage, ``basewatch
+    series``, the watch's window (:mod:`pipeline.stages.watch_window`) and the detection sweep
+    (:mod:`pipeline.evaluation.sweep`) all call it.
 
     Parameters
     ----------
@@ -382,6 +388,13 @@ def coregister_cube(
     cfg
         Co-registration parameters (``band``, ``upsample``, ``max_shift_px``,
         ``min_valid_fraction``, ``min_quality``).
+    reference_index
+        Index of the reference date; default the date with the most valid pixels (first on
+        ties). The watch passes the site's reference date when it is in its window.
+    drop_nonfinite
+        Also mark invalid every pixel where a shifted band is not finite (NaN from the band
+        itself, not from ``valid``), so that ``valid`` implies finite bands; the sweep's scenes
+        need it. Default False: ``valid`` is the shifted mask only.
 
     Returns
     -------
@@ -389,11 +402,14 @@ def coregister_cube(
         The aligned cube (dates whose estimate failed dropped; every band NaN where the shifted
         ``valid`` is False; lazy where the cube was), one :class:`ShiftEstimate` per date of
         ``cube`` (failed ones included) and the index of the reference date.
+        :func:`shift_report` turns the last two into the JSON record of the dates.
 
     Raises
     ------
     DataError
         When ``cfg.band`` or ``valid`` is not in the cube.
+    CoregistrationError
+        When ``reference_index`` is outside the stack.
     """
     for name in (cfg.band, "valid"):
         if name not in cube:
@@ -407,17 +423,46 @@ def coregister_cube(
     ref, estimates = coregister_stack(
         band,
         valid,
+        reference_index=reference_index,
         upsample=cfg.upsample,
         max_shift_px=cfg.max_shift_px,
         min_valid_fraction=cfg.min_valid_fraction,
         min_quality=cfg.min_quality,
     )
-    keep = [i for i, e in enumerate(estimates) if e.status != "failed"]
-    return _apply_shifts(cube, estimates, keep), estimates, ref
+    keep = [i for i, e in enumerate(estimates) if e.usable]
+    return _apply_shifts(cube, estimates, keep, drop_nonfinite), estimates, ref
 
 
-def _apply_shifts(cube: xr.Dataset, estimates: list[ShiftEstimate], keep: list[int]) -> xr.Dataset:
-    """The dates ``keep`` of ``cube``, each shifted by its estimate; bands NaN where not valid."""
+def shift_report(
+    times: Any, estimates: list[ShiftEstimate], reference_index: int
+) -> dict[str, Any]:
+    """The dates of a :func:`coregister_cube` run as a JSON-ready record.
+
+    Parameters
+    ----------
+    times
+        The ``time`` values of the cube given to :func:`coregister_cube` (datetime64).
+    estimates, reference_index
+        What :func:`coregister_cube` returned.
+
+    Returns
+    -------
+    dict
+        ``{"reference_date": "YYYY-MM-DD", "dates": [{"date", **ShiftEstimate.to_dict()}]}``,
+        one record per date, failed ones included.
+    """
+    days = [str(np.datetime_as_string(t, unit="D")) for t in np.asarray(times)]
+    return {
+        "reference_date": days[reference_index],
+        "dates": [{"date": d, **e.to_dict()} for d, e in zip(days, estimates, strict=True)],
+    }
+
+
+def _apply_shifts(
+    cube: xr.Dataset, estimates: list[ShiftEstimate], keep: list[int], drop_nonfinite: bool
+) -> xr.Dataset:
+    """The dates ``keep`` of ``cube``, each shifted by its estimate; bands NaN where not valid
+    (and, with ``drop_nonfinite``, not valid where a shifted band is not finite)."""
     sub = cube.isel(time=keep)
     out = {}
     bands = [v for v in sub.data_vars if v not in ("valid", "scl")]
@@ -436,6 +481,9 @@ def _apply_shifts(cube: xr.Dataset, estimates: list[ShiftEstimate], keep: list[i
         for j, i in enumerate(keep)
     ]
     out["valid"] = _stack_like(sub["valid"], valid)
+    if drop_nonfinite:
+        for name in bands:
+            out["valid"] = out["valid"] & np.isfinite(out[name])
     if "scl" in sub:
         out["scl"] = sub["scl"]
     ds = xr.Dataset(out, attrs=dict(cube.attrs))

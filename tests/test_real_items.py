@@ -23,7 +23,7 @@ from shapely.geometry import Polygon
 from pipeline.config import LoadConfig
 from pipeline.io.catalog import band_asset_key, item_epsg
 from pipeline.io.date_checks import geometric_refinement
-from pipeline.io.harmonise import Radiometry, band_radiometry, check_offset
+from pipeline.io.harmonise import ScaleOffset, band_radiometry, check_offset
 from pipeline.io.load import load_site
 from pipeline.sites import Site
 
@@ -204,7 +204,7 @@ def test_refinement_metadata_variants(
 def test_check_offset_verdicts(
     offset: float, counts: tuple, agrees: bool | None, says: str
 ) -> None:
-    got = check_offset(Radiometry(1e-4, offset, "rule"), *counts)
+    got = check_offset(ScaleOffset(1e-4, offset, "rule"), *counts)
     assert got.agrees is agrees and says in got.pixels
 
 

@@ -83,8 +83,12 @@ def processing_baseline(item: pystac.Item) -> str | None:
 
 
 @dataclass(frozen=True)
-class Radiometry:
-    """How one band of one Item turns DN into reflectance: ``DN * scale + offset``."""
+class ScaleOffset:
+    """How one band of one Item turns DN into reflectance: ``DN * scale + offset``.
+
+    Absolute calibration read from the Item's metadata; not the detector's fitted relative
+    radiometry between two dates (:class:`pipeline.kernels.detect.normalise.PairRadiometry`).
+    """
 
     scale: float
     """Multiplier of the DN."""
@@ -125,7 +129,7 @@ def _scale_offset(fields: dict[str, Any]) -> tuple[float, float, str] | None:
     return None
 
 
-def band_radiometry(item: pystac.Item, band: str) -> Radiometry:
+def band_radiometry(item: pystac.Item, band: str) -> ScaleOffset:
     """Scale and offset turning ``band`` DNs of ``item`` into surface reflectance.
 
     Parameters
@@ -137,7 +141,7 @@ def band_radiometry(item: pystac.Item, band: str) -> Radiometry:
 
     Returns
     -------
-    Radiometry
+    ScaleOffset
         See the module docstring for the rules.
 
     Raises
@@ -152,8 +156,8 @@ def band_radiometry(item: pystac.Item, band: str) -> Radiometry:
     if found is not None:
         scale, offset, form = found
         if flag is True:
-            return Radiometry(scale, 0.0, f"{form} scale; BOA offset already in the pixels")
-        return Radiometry(scale, offset, form)
+            return ScaleOffset(scale, 0.0, f"{form} scale; BOA offset already in the pixels")
+        return ScaleOffset(scale, offset, form)
     baseline = processing_baseline(item)
     if baseline is None:
         raise DataError(
@@ -163,7 +167,7 @@ def band_radiometry(item: pystac.Item, band: str) -> Radiometry:
     offset = BOA_ADD_OFFSET / QUANTIFICATION
     if flag is True or _baseline_number(baseline) < 4.0:
         offset = 0.0
-    return Radiometry(1.0 / QUANTIFICATION, offset, f"processing baseline {baseline}")
+    return ScaleOffset(1.0 / QUANTIFICATION, offset, f"processing baseline {baseline}")
 
 
 def harmonise(
@@ -260,7 +264,7 @@ class OffsetCheck:
     """The harmonisation rule of one date against what its pixels say."""
 
     rule: str
-    """Where the scale and offset came from (:attr:`Radiometry.source`)."""
+    """Where the scale and offset came from (:attr:`ScaleOffset.source`)."""
     offset: float
     """The offset the rule applied, reflectance units."""
     n_valid: int
@@ -292,7 +296,7 @@ class OffsetCheck:
 
 
 def check_offset(
-    rule: Radiometry, n_valid: int, n_dark: int, n_below_offset: int, n_negative: int
+    rule: ScaleOffset, n_valid: int, n_dark: int, n_below_offset: int, n_negative: int
 ) -> OffsetCheck:
     """Whether a date's pixels agree with the offset rule its metadata chose.
 

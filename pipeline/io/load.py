@@ -41,7 +41,7 @@ from pipeline.io.catalog import (
     redact_url,
 )
 from pipeline.io.date_checks import date_checks
-from pipeline.io.harmonise import Radiometry, band_radiometry, dark_masks, harmonise, valid_mask
+from pipeline.io.harmonise import ScaleOffset, band_radiometry, dark_masks, harmonise, valid_mask
 from pipeline.sites import Site
 
 __all__ = [
@@ -354,7 +354,7 @@ def load_cube(
         raise DataError("no Items to load: widen the dates or the cloud limit, or check the AOI")
     _check_bands(norm, bands)
     ordered, days = _ordered(norm, geobox)
-    radiometry: list[dict[str, Radiometry]] = [
+    radiometry: list[dict[str, ScaleOffset]] = [
         {b: band_radiometry(it, b) for b in bands} for it in ordered
     ]
     day_list = sorted(set(days))

@@ -277,8 +277,12 @@ def _radiometry_np(
 
 
 @dataclass(frozen=True)
-class Radiometry:
-    """Per-pair radiometric model (numpy or lazy 0-d/1-d/2-d dask arrays)."""
+class PairRadiometry:
+    """Relative radiometry of a date pair, fitted on its pixels (numpy or lazy 0-d/1-d/2-d dask
+    arrays): the after view against the before view, and the noise of their difference.
+
+    Not the DN-to-reflectance scale of an Item (:class:`pipeline.io.harmonise.ScaleOffset`).
+    """
 
     fit_ok: Any
     """0-d bool: enough jointly valid pixels to trust the fit (else the pair is not scored)."""
@@ -305,7 +309,7 @@ def fit_radiometry(
     decorrelate: bool = True,
     before_index: Any = None,
     n_groups: int = 1,
-) -> Radiometry:
+) -> PairRadiometry:
     """Gain/offset, noise sigma and band whitening of a date pair, from a sample of its pixels.
 
     Parameters
@@ -328,7 +332,7 @@ def fit_radiometry(
 
     Returns
     -------
-    Radiometry
+    PairRadiometry
         The model; lazy when the input is.
     """
     n_bands = int(before.shape[0])
@@ -344,7 +348,7 @@ def fit_radiometry(
     w0 = 1 + 3 * nb
     l0 = w0 + nb * nb
     s0 = l0 + ng * nb
-    return Radiometry(
+    return PairRadiometry(
         fit_ok=packed[0] > 0.5,
         gain=packed[1 : 1 + nb].astype(np.float32),
         offset=packed[1 + nb : 1 + 2 * nb].astype(np.float32),

@@ -85,7 +85,7 @@ from pipeline.kernels.detect.neighbourhood import (
 )
 from pipeline.kernels.detect.normalise import (
     MAD_TO_SIGMA,
-    Radiometry,
+    PairRadiometry,
     fit_radiometry,
     is_dask,
     null_scale,
@@ -136,7 +136,7 @@ class PairChange:
     """(y, x) bool: pixels scored (valid in both views, not hazy, pair fit trusted)."""
     haze: Any
     """(y, x) bool: valid after-view pixels deferred by the thin-cloud guard."""
-    radiometry: Radiometry
+    radiometry: PairRadiometry
     """Gain, offset, noise sigma and band whitening of the pair."""
     null_scale: Any
     """0-d: ``max(1, median raw score / median of chi-square)``; the score is divided by it."""

@@ -103,8 +103,8 @@ def core_params(
     seed_threshold: float = np.inf,
     grow_threshold: float = np.inf,
 ) -> CoreParams:
-    """:class:`CoreParams` from a fitted :class:`pipeline.kernels.detect.normalise.Radiometry` and a
-    config.
+    """:class:`CoreParams` from a fitted
+    :class:`pipeline.kernels.detect.normalise.PairRadiometry` and a config.
 
     Parameters
     ----------

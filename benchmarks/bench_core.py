@@ -27,8 +27,9 @@ clouds and one planted object per 256 x 256 px, each removed or appeared at one 
    reported (``core_threads``; both are kept: ``core_gbps_1thread``); ``ratio_to_copy`` =
    their ratio. ``ratio_to_copy_1thread_no_stencil``: the per-pixel statistic alone (no
    registration/resampling noise stencil). ``speedup_vs_reference`` = time of the plain xarray
-   reference (:func:`pipeline.kernels.scale.reference.change_core_reference`, same inputs, same
-   math, unfused) over the fused core's on one thread, on a 2048 x 2048 window; for that window
+   reference (``change_core(..., engine="numpy")``, :mod:`pipeline.kernels.scale.reference`:
+   same inputs, same math, unfused) over the fused core's on one thread, on a 2048 x 2048
+   window; for that window
    ``reference_gbps``/``reference_ratio_to_copy`` and the peak of memory each allocates
    while it runs (``tracemalloc``: ``reference_peak_alloc_mb``, ``core_peak_alloc_mb``).
 
@@ -162,8 +163,7 @@ def last_pair(stack: Any, size: int, params: list[Any]) -> tuple[np.ndarray, ...
 def child(size: int, dates: int, seed: int) -> dict[str, Any]:
     """One run (see the module docstring), in this process."""
     from pipeline.config import DetectConfig
-    from pipeline.kernels.scale.fused import change_core
-    from pipeline.kernels.scale.reference import change_core_reference
+    from pipeline.kernels.scale.change import change_core
     from pipeline.simulate.tile import SyntheticStack
     from pipeline.stages.tile import detect_tile
 
@@ -211,10 +211,14 @@ def child(size: int, dates: int, seed: int) -> dict[str, Any]:
     r = min(w, REFERENCE_WINDOW_PX)
     sub = [np.ascontiguousarray(a[..., :r, :r]) for a in inputs]
     fused_sub_s = best_seconds(lambda: fused(sub), 3)
-    ref_s = best_seconds(lambda: change_core_reference(*sub[:4], params, before_index=sub[4]), 1)
+    ref_s = best_seconds(
+        lambda: change_core(*sub[:4], params, before_index=sub[4], engine="numpy"), 1
+    )
     sub_bytes = sum(a.nbytes for a in sub)
     core_alloc = peak_alloc_mb(lambda: fused(sub))
-    ref_alloc = peak_alloc_mb(lambda: change_core_reference(*sub[:4], params, before_index=sub[4]))
+    ref_alloc = peak_alloc_mb(
+        lambda: change_core(*sub[:4], params, before_index=sub[4], engine="numpy")
+    )
     return {
         "pixels": size * size,
         "size_px": size,

@@ -19,7 +19,8 @@ from pipeline.io.cluster import (
     dask_client,
     scheduler_address,
 )
-from pipeline.kernels.scale.fused import CoreParams, change_core
+from pipeline.kernels.scale.change import change_core
+from pipeline.kernels.scale.fused import CoreParams
 from pipeline.simulate.tile import SyntheticStack
 from pipeline.stages.tile import detect_tile
 

@@ -11,14 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import DataError
+from pipeline.kernels.scale.change import change_core
 from pipeline.kernels.scale.fused import (
     NOT_SCORED,
     CoreParams,
-    change_core,
     classify,
     update_last_view,
 )
-from pipeline.kernels.scale.reference import change_core_reference
 
 
 def _params(n_bands: int = 4, n_groups: int = 1, stencil: bool = True, seed: int = 0) -> CoreParams:
@@ -62,7 +61,8 @@ def _assert_matches_reference(shape: tuple[int, int], n_groups: int, stencil: bo
     before, after, bok, aok, idx = _pair(shape, n_groups=n_groups)
     p = _params(n_groups=n_groups, stencil=stencil)
     res = change_core(before, after, bok, aok, p, before_index=idx)
-    ref_score, ref_cls = change_core_reference(before, after, bok, aok, p, before_index=idx)
+    ref = change_core(before, after, bok, aok, p, before_index=idx, engine="numpy")
+    ref_score, ref_cls = ref.score, ref.cls
     assert res.score.dtype == np.float32 and res.cls.dtype == np.uint8
     np.testing.assert_array_equal(np.isnan(res.score), np.isnan(ref_score))
     np.testing.assert_allclose(res.score, ref_score, rtol=2e-4, atol=1e-4, equal_nan=True)
@@ -124,13 +124,14 @@ def test_core_score_is_chi_square_under_pure_noise() -> None:
     cy=st.integers(2, 17),
     cx=st.integers(2, 17),
     stencil=st.booleans(),
+    engine=st.sampled_from(["numba", "numpy"]),
 )
 def test_dask_path_is_the_numpy_path_bit_for_bit(
-    ny: int, nx: int, cy: int, cx: int, stencil: bool
+    ny: int, nx: int, cy: int, cx: int, stencil: bool, engine: str
 ) -> None:
     before, after, bok, aok, idx = _pair((ny, nx), n_groups=3, seed=ny * 100 + nx)
     p = _params(n_groups=3, stencil=stencil)
-    ref = change_core(before, after, bok, aok, p, before_index=idx)
+    ref = change_core(before, after, bok, aok, p, before_index=idx, engine=engine)
     lazy = change_core(
         da.from_array(before, chunks=(4, cy, cx)),
         da.from_array(after, chunks=(4, cy, cx)),
@@ -138,6 +139,7 @@ def test_dask_path_is_the_numpy_path_bit_for_bit(
         da.from_array(aok, chunks=(cy, cx)),
         p,
         before_index=da.from_array(idx, chunks=(cy, cx)),
+        engine=engine,
     )
     assert isinstance(lazy.score, da.Array) and isinstance(lazy.cls, da.Array)
     np.testing.assert_array_equal(lazy.score.compute(), ref.score)
@@ -173,6 +175,8 @@ def test_bad_inputs_raise_data_error() -> None:
         change_core(before, after, bok[:5], aok, _params())
     with pytest.raises(DataError, match="before_index"):
         change_core(before, after, bok, aok, _params(n_groups=2))
+    with pytest.raises(DataError, match="engine 'cuda'"):
+        change_core(before, after, bok, aok, _params(), engine="cuda")  # type: ignore[arg-type]
     with pytest.raises(DataError, match="writeable"):
         update_last_view(before[:, ::2], bok, idx, after, aok, _params(), 1)
 

@@ -14,7 +14,7 @@ from pipeline.errors import DataError
 from pipeline.kernels.detect.neighbourhood import surroundings
 from pipeline.kernels.detect.pairwise import thresholds
 from pipeline.kernels.detect.segment import segment_pair
-from pipeline.kernels.scale.fused import change_core
+from pipeline.kernels.scale.change import change_core
 from pipeline.kernels.scale.tile_label import EIGHT, margin_reach_px, sparse_components, window_grid
 from pipeline.simulate.tile import SyntheticStack
 from pipeline.stages.tile import CubeReader, detect_tile, fit_pairs, sample_windows

@@ -18,7 +18,7 @@ generated data: :class:`pipeline.simulate.tile.SyntheticStack`).
    pixel, so the sampled before views are exactly those the full stream will hold at those pixels.
 2. **Stream.** One task per spatial chunk (plus a margin) reads the dates one after the other,
    keeps the chunk's last valid view (:func:`pipeline.kernels.scale.fused.update_last_view`), scores
-   each pair with the fused kernel (:func:`pipeline.kernels.scale.fused.change_core`) and returns
+   each pair with the fused kernel (:func:`pipeline.kernels.scale.change.change_core`) and returns
    only its candidate pixels with their removal margin (:mod:`pipeline.kernels.scale.tile_label`). A
    task holds a few windows, never a date of the whole tile, and never more than one date of its
    chunk: memory is constant in the tile size and in the number of dates. Tasks run on dask (threads
@@ -54,7 +54,8 @@ from pipeline.kernels.detect.normalise import fit_radiometry, null_scale
 from pipeline.kernels.detect.objects import region_features
 from pipeline.kernels.detect.pairwise import thresholds
 from pipeline.kernels.detect.segment import object_properties, segment_pair
-from pipeline.kernels.scale.fused import CoreParams, change_core, core_params, update_last_view
+from pipeline.kernels.scale.change import change_core
+from pipeline.kernels.scale.fused import CoreParams, core_params, update_last_view
 from pipeline.kernels.scale.tile_label import (
     Candidates,
     Window,

@@ -1,6 +1,6 @@
 """The per-pixel change core fused into one pass over memory (pure: arrays in, arrays out).
 
-:func:`change_core` computes, for a before view and an after view of ``B`` bands, what
+:func:`core_numba` computes, for a before view and an after view of ``B`` bands, what
 :func:`pipeline.kernels.detect.pairwise.pair_change` computes pixel by pixel, in a single compiled
 loop (numba) that reads each input value once and writes a float32 score and a uint8 class:
 
@@ -28,7 +28,9 @@ The loop runs row by row over a four-row ring of filled rows per band (they stay
 row two ahead is read and filled while the current one is scored), and inside a row every step
 is a flat loop over columns that LLVM vectorises; no full-size temporary is allocated. On
 dask input the kernel runs per chunk with a one-pixel margin (``boundary="none"``), so numpy
-and dask results are the same bits.
+and dask results are the same bits. Callers use the dispatcher
+:func:`pipeline.kernels.scale.change.change_core` (``engine="numba"``, the default), which runs this
+loop on numpy input and per chunk on dask input.
 :func:`update_last_view` is the fused state update of a date-by-date stream (the last valid view
 of each pixel, carried into each new date's radiometry).
 """
@@ -53,7 +55,7 @@ NOT_SCORED = np.uint8(255)
 
 @dataclass(frozen=True)
 class CoreParams:
-    """Per-pair parameters of :func:`change_core` (small numpy arrays, fitted on a sample)."""
+    """Per-pair parameters of the change core (small numpy arrays, fitted on a sample)."""
 
     gain: np.ndarray
     """(B,) float32 gain of ``after ~ gain * before + offset``."""
@@ -143,7 +145,8 @@ def core_params(
 
 @dataclass(frozen=True)
 class CoreResult:
-    """Outputs of :func:`change_core` (numpy, or lazy dask for dask input)."""
+    """Outputs of :func:`pipeline.kernels.scale.change.change_core` (numpy, or lazy dask for dask
+    input)."""
 
     score: Any
     """(y, x) float32 score (chi-square units of ``B`` dof), NaN where not scored."""
@@ -159,29 +162,11 @@ def _ro(a: np.ndarray) -> np.ndarray:
     return view
 
 
-def _check(before: Any, after: Any, before_ok: Any, after_ok: Any, params: CoreParams) -> None:
-    if before.ndim != 3 or before.shape != after.shape:
-        raise DataError(
-            f"before {before.shape} and after {after.shape} must both be (bands, y, x) of one "
-            "shape: stack the bands of both views on one grid"
-        )
-    if before_ok.shape != before.shape[1:] or after_ok.shape != before.shape[1:]:
-        raise DataError(
-            f"masks {before_ok.shape}/{after_ok.shape} do not match the grid "
-            f"{before.shape[1:]}: give one (y, x) bool mask per view"
-        )
-    if before.shape[0] != params.n_bands:
-        raise DataError(
-            f"{before.shape[0]} bands but parameters for {params.n_bands}: fit the radiometry "
-            "on the same bands"
-        )
-
-
 def _tables(p: CoreParams) -> tuple[np.ndarray, ...]:
     return p.gain, p.offset, p.sigma, p.whitening, p.group_level, p.group_sigma
 
 
-def _core_numpy(
+def core_numba(
     before: np.ndarray,
     after: np.ndarray,
     before_ok: np.ndarray,
@@ -190,6 +175,11 @@ def _core_numpy(
     p: CoreParams,
     threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Score and class of one pair on numpy arrays, in the compiled (numba) loop.
+
+    The ``"numba"`` engine of :func:`pipeline.kernels.scale.change.change_core` (call that: it
+    checks the inputs and handles dask); ``index`` may be None when ``p`` holds one group.
+    """
     before = _ro(np.ascontiguousarray(before, dtype=np.float32))
     after = _ro(np.ascontiguousarray(after, dtype=np.float32))
     before_ok = _ro(np.ascontiguousarray(before_ok, dtype=bool))
@@ -257,91 +247,6 @@ def classify(score: Any, seed_threshold: float, grow_threshold: float) -> Any:
     if isinstance(score, da.Array):
         return da.map_blocks(func, score, dtype=np.uint8)
     return func(np.asarray(score))
-
-
-def change_core(
-    before: Any,
-    after: Any,
-    before_ok: Any,
-    after_ok: Any,
-    params: CoreParams,
-    *,
-    before_index: Any = None,
-    threads: int = 1,
-) -> CoreResult:
-    """Score and class of the change between two views, fused (numpy -> numpy, dask -> dask).
-
-    Parameters
-    ----------
-    before, after
-        (B, y, x) float32 views (``before``: the last valid view of each pixel).
-    before_ok, after_ok
-        (y, x) bool: the views are valid.
-    params
-        Per-pair parameters (see :func:`core_params`).
-    before_index
-        (y, x) int date index of each pixel's before view (selects the per-date level and
-        sigma); None when ``params`` holds one group.
-    threads
-        Threads for numpy input (bands of rows in parallel, the compiled loop releases the
-        GIL; same result); dask input always runs one thread per chunk task.
-
-    Returns
-    -------
-    CoreResult
-        Score and class; lazy when any input is a dask array.
-
-    Raises
-    ------
-    DataError
-        When shapes or band counts disagree.
-    """
-    _check(before, after, before_ok, after_ok, params)
-    if before_index is None and params.group_level.shape[0] != 1:
-        raise DataError(
-            f"parameters hold {params.group_level.shape[0]} before-date groups: pass "
-            "before_index= (the date index of each pixel's before view)"
-        )
-    arrays = (before, after, before_ok, after_ok, before_index)
-    if not any(isinstance(a, da.Array) for a in arrays):
-        score, cls = _core_numpy(*arrays, params, threads=threads)
-        return CoreResult(score=score, cls=cls)
-    return _core_dask(before, after, before_ok, after_ok, before_index, params)
-
-
-def _core_dask(
-    before: Any, after: Any, before_ok: Any, after_ok: Any, index: Any, p: CoreParams
-) -> CoreResult:
-    """Dask path: the numpy kernel per chunk, with a one-pixel margin when a stencil is on."""
-    before = da.asarray(before).rechunk({0: -1})
-    after = da.asarray(after).rechunk(before.chunks)
-    before_ok = da.asarray(before_ok).rechunk(before.chunks[1:])
-    after_ok = da.asarray(after_ok).rechunk(before.chunks[1:])
-    grid = [before, after, before_ok, after_ok]
-    with_index = index is not None and p.group_level.shape[0] > 1
-    if with_index:
-        grid.append(da.asarray(index).rechunk(before.chunks[1:]))
-    margin = 1 if p.stencil else 0
-    if margin:
-        grid = [
-            da.overlap.overlap(
-                a,
-                depth={**dict.fromkeys(range(a.ndim - 2), 0), a.ndim - 2: 1, a.ndim - 1: 1},
-                boundary="none",
-            )
-            for a in grid
-        ]
-
-    def func(b: np.ndarray, a: np.ndarray, bo: np.ndarray, ao: np.ndarray, *rest: Any) -> Any:
-        idx = rest[0] if with_index else None
-        return _core_numpy(b, a, bo, ao, idx, p)[0]
-
-    score = da.map_blocks(
-        func, *grid, drop_axis=0, dtype=np.float32, meta=np.empty((0, 0), dtype=np.float32)
-    )
-    if margin:
-        score = da.overlap.trim_internal(score, {0: 1, 1: 1}, boundary="none")
-    return CoreResult(score=score, cls=classify(score, p.seed_threshold, p.grow_threshold))
 
 
 def update_last_view(

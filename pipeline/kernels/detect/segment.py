@@ -311,7 +311,8 @@ MIN_ZONE_BACKGROUND_PX = 20
 TWO_SURFACE_SEPARATION = 6.0
 """Default of ``detect.sign_two_surface_separation``: a ring holds two surfaces (quay and water,
 apron and grass) when its pixels split into two groups, each at least a quarter of it, whose
-means differ by this many times their spread (noise units, never less than the noise)."""
+medians differ by this many times their spread (from the median absolute deviation; noise units,
+never less than the noise)."""
 
 
 def half_sample_mode(values: np.ndarray) -> float:
@@ -381,11 +382,19 @@ def _two_surfaces(
         split = new
     lo, hi = proj <= split, proj > split
     share = min(lo.mean(), hi.mean())
-    gap = proj[hi].mean() - proj[lo].mean()
-    spread = np.sqrt(0.5 * (proj[lo].var() + proj[hi].var()))
+    # medians and MADs: a quay's ring holds roofs, cranes and hulls whose few bright pixels
+    # would inflate a standard deviation and hide the water beside it
+    gap = float(np.median(proj[hi]) - np.median(proj[lo]))
+    spread = np.sqrt(0.5 * (_robust_sd(proj[lo]) ** 2 + _robust_sd(proj[hi]) ** 2))
     if share < 0.25 or gap < separation * max(spread, 1.0):
         return med, None
     return np.median(pix[:, lo], axis=1), np.median(pix[:, hi], axis=1)
+
+
+def _robust_sd(x: np.ndarray) -> float:
+    """Standard deviation estimated from the median absolute deviation (equal for a normal
+    sample, unmoved by a few outliers)."""
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
 def _ring_backgrounds(

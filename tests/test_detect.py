@@ -18,7 +18,7 @@ from scipy import ndimage
 from pipeline.config import DetectConfig
 from pipeline.errors import DataError
 from pipeline.io.calibration import active_model
-from pipeline.kernels.detect.core import DEFAULT_BANDS, detect_cube, pair_change
+from pipeline.kernels.detect.core import DEFAULT_BANDS, pair_change
 from pipeline.kernels.detect.neighbourhood import (
     dilate,
     gradient_sq,
@@ -35,6 +35,7 @@ from pipeline.kernels.detect.normalise import (
     whitening_matrix,
 )
 from pipeline.kernels.detect.segment import segment_pair
+from pipeline.stages.detect import detect_cube
 
 NY, NX = 100, 120
 X0, Y0, RES = 766000.0, 3920000.0, 10.0

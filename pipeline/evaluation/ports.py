@@ -119,7 +119,7 @@ def pair_detections(
 def series_detections(
     features: Sequence[dict], labels: np.ndarray, dates: Sequence[str]
 ) -> list[Detection]:
-    """Detections of :func:`pipeline.kernels.detect.core.detect_cube` from its (pair, y, x) label
+    """Detections of :func:`pipeline.stages.detect.detect_cube` from its (pair, y, x) label
     raster.
 
     Parameters

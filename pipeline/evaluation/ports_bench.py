@@ -9,7 +9,7 @@ For each sen2ships port (:mod:`pipeline.simulate.ports` makes the cases):
   (:func:`pipeline.evaluation.ports.cva_otsu_objects`) runs on the same prepared pair;
 - **series cases** go through the site's multi-date detector: an in-memory cube (the format of
   :mod:`pipeline.io.load`), co-registered as the ``coregister`` stage does
-  (:func:`coregister_cube`), then :func:`pipeline.kernels.detect.core.detect_cube` with no zones;
+  (:func:`coregister_cube`), then :func:`pipeline.stages.detect.detect_cube` with no zones;
   the baseline runs on each consecutive pair of the same aligned cube.
 
 Scores: :mod:`pipeline.evaluation.ports`. Both runners also return the **outcomes** of every
@@ -18,7 +18,7 @@ neutral, :func:`pipeline.evaluation.ports.label_detections`), to fit and check t
 confidence on real backgrounds. The series detector runs with ``detect.min_confidence`` 0 so
 every candidate is kept; the detections scored are those it would have reported (confidence
 at least ``detect.min_confidence`` under the active model, as
-:func:`pipeline.kernels.detect.core.detect_cube`
+:func:`pipeline.stages.detect.detect_cube`
 drops them), so the counts are those of the configured detector.
 
 Used by ``benchmarks/bench_real.py`` and ``benchmarks/calibrate.py --real-ports``.
@@ -264,7 +264,8 @@ def run_series_case(
         Counts of basewatch (the detections it reports), counts of the baseline, what was run
         and the outcomes of every candidate (:func:`case_outcomes`).
     """
-    from pipeline.kernels.detect.core import detect_cube, series_thresholds
+    from pipeline.kernels.detect.core import series_thresholds
+    from pipeline.stages.detect import detect_cube
 
     cube = series_cube(case, scene)
     aligned, estimates = coregister_cube(cube, cfg)
@@ -313,7 +314,7 @@ def run_series_case(
 def reported(detections: Sequence[Detection], min_confidence: float) -> list[Detection]:
     """The detections the multi-date detector reports at ``min_confidence``: all of them
     without a calibration model, else those whose confidence reaches it (as
-    :func:`pipeline.kernels.detect.core.detect_cube` filters them)."""
+    :func:`pipeline.stages.detect.detect_cube` filters them)."""
     if active_model() is None or min_confidence <= 0:
         return list(detections)
     return [d for d in detections if float((d.properties or {})["confidence"]) >= min_confidence]

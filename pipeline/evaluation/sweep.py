@@ -5,7 +5,7 @@ Each :class:`~pipeline.simulate.sweep_scene.Scenario` is generated
 (:func:`pipeline.kernels.coregister.shift.coregister_cube`, the project's one co-register-a-stack
 function: the shift of every date on the nir band against the most valid date, applied to every
 band; a pixel where a shifted band is not finite is not valid), and detected with
-:func:`pipeline.kernels.detect.core.detect_cube`: the detector sees the cube only.
+:func:`pipeline.stages.detect.detect_cube`: the detector sees the cube only.
 :func:`score_scene` then compares its features with the scene's truth
 (:func:`pipeline.evaluation.site.evaluate_objects`: same kind, polygons intersect, date intervals
 overlap), scoring an event only when its object was seen clear on some date of each state
@@ -44,8 +44,8 @@ from pipeline.config import CoregisterConfig, DetectConfig
 from pipeline.evaluation.sweep_score import reliability, score_scene
 from pipeline.io.calibration import active_model
 from pipeline.kernels.coregister.shift import coregister_cube, shift_report
-from pipeline.kernels.detect.core import detect_cube
 from pipeline.simulate.sweep_scene import Scenario, make_scene
+from pipeline.stages.detect import detect_cube
 
 __all__ = [
     "NOMINAL_CONTRAST",

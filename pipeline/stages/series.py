@@ -22,7 +22,7 @@ Sentinel-2 Level-2A or Level-1C), and:
    ``coregister`` stage's own): every date against the most valid one, on ``coregister.band`` (nir,
    else red, else the last band when the inputs lack it, as ``pair``); a failed date is dropped and
    reported.
-5. **Detection** (:func:`pipeline.kernels.detect.core.detect_cube`, the ``detect`` stage's own, with
+5. **Detection** (:func:`pipeline.stages.detect.detect_cube`, the ``detect`` stage's own, with
    no zones): signed objects (``removed`` / ``appeared``) dated to the interval between two
    valid views (``date_before``, ``date_after``), with ``area_m2``, ``score`` and the
    calibrated ``confidence``.
@@ -376,7 +376,7 @@ def detect_series(cube: xr.Dataset, cfg: Config) -> SeriesResult:
     CoregistrationError
         When fewer than :data:`MIN_DATES` dates could be co-registered.
     """
-    from pipeline.kernels.detect.core import detect_cube
+    from pipeline.stages.detect import detect_cube
 
     dates = tuple(str(np.datetime_as_string(t, unit="D")) for t in cube["time"].values)
     if len(dates) < MIN_DATES:

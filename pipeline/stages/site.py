@@ -135,8 +135,8 @@ def _residuals(aligned: xr.Dataset, c: Any, ref: int | None) -> list[float | Non
 
 def run_detect(cfg: Config, site_name: str) -> int:
     """Run the change core on the aligned cube; write ``detections.geojson``; returns the count."""
-    from pipeline.kernels.detect import core as detect
     from pipeline.kernels.detect import occupancy
+    from pipeline.stages import detect
 
     site, paths = _site(cfg, site_name)
     cube = load.read_cube(_require(paths.aligned, "coregister"))
@@ -196,7 +196,7 @@ def run_report(cfg: Config, site_name: str) -> Path:
     if paths.change.exists():
         score = xr.open_zarr(paths.change)["score"]
     else:
-        from pipeline.kernels.detect import core as detect
+        from pipeline.stages import detect
 
         zones = site.zone_raster(site.geobox(cfg.load.resolution_m))
         log.info("%s: no %s, recomputing the change score", site_name, paths.change)

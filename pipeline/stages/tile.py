@@ -30,7 +30,7 @@ generated data: :class:`pipeline.simulate.tile.SyntheticStack`).
    :func:`pipeline.kernels.detect.segment.object_properties` and drawn as lon/lat polygons by
    :func:`pipeline.kernels.detect.objects.region_features`.
 
-Not done here, unlike :func:`pipeline.kernels.detect.pairwise.detect_pairwise`: the local change
+Not done here, unlike :func:`pipeline.kernels.detect.pairwise.pair_scores`: the local change
 level and local noise (block medians), the thin-cloud guard, Gaussian smoothing, transient flags,
 zones.
 The results do not depend on the chunking (``tests/test_tile.py``).

@@ -78,7 +78,7 @@ def _detect(
 ) -> tuple[int, list[Any], list[dict], list[dict]]:
     """Co-register and detect on the window: (reference index, estimates, features, pairs)."""
     from pipeline.kernels.coregister.shift import coregister_cube
-    from pipeline.kernels.detect import core as detect
+    from pipeline.stages import detect
 
     window = xr.concat([loaded[d] for d in days], dim="time", coords="minimal", compat="override")
     # The window is detected on its bands and ``valid`` only (no SCL), as it always was.

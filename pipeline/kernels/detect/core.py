@@ -1,10 +1,14 @@
 """The change core: signed objects (removed / appeared) over a stack of dates, dated (pure).
 
-:func:`detect_cube` runs one of two methods (``detect.method``):
+:func:`pipeline.stages.detect.detect_cube` runs one of two methods (``detect.method``):
 
 - ``pairwise`` (:mod:`pipeline.kernels.detect.pairwise`): each date against the last clear view
   before it; its kernel :func:`pair_change` is the two-date core (``basewatch pair``).
-- ``multidate`` (the default, here): every valid observation of a pixel is used.
+- ``multidate`` (the default, here: :func:`multidate_objects`): every valid observation of a
+  pixel is used.
+
+The kernels never compute a lazy input: :func:`multidate_objects` takes the band stack and its
+validity as numpy, computed by the stage.
 
 Method of the multi-date path (input: an aligned cube, see ``notes/CONTEXT.md``):
 
@@ -52,7 +56,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import dask
 import numpy as np
 import xarray as xr
 from scipy import ndimage
@@ -68,10 +71,8 @@ from pipeline.kernels.detect.pairwise import (
     DetectResult,
     PairChange,
     check_inputs,
-    detect_pairwise,
     pair_change,
     pair_coords,
-    stack_inputs,
     thresholds,
 )
 from pipeline.kernels.detect.segment import (
@@ -83,7 +84,8 @@ __all__ = [
     "DEFAULT_BANDS",
     "DetectResult",
     "PairChange",
-    "detect_cube",
+    "detection_occupancy",
+    "multidate_objects",
     "pair_change",
     "series_thresholds",
     "thresholds",
@@ -97,71 +99,32 @@ def series_thresholds(cfg: DetectConfig, n_bands: int) -> tuple[float, float]:
     return seed, grow
 
 
-def detect_cube(
-    cube: xr.Dataset,
-    zone_raster: np.ndarray,
-    zone_names: Sequence[str],
-    zone_kinds: Sequence[str],
-    cfg: DetectConfig,
-    bands: Sequence[str] = DEFAULT_BANDS,
-    *,
-    calibration_model: calibration.Model | None,
-) -> DetectResult:
-    """Detect removed and appeared objects in an aligned cube (see the module docstring).
-
-    Parameters
-    ----------
-    cube
-        Aligned cube: bands float32 and ``valid`` bool on (time, y, x), ``crs`` attribute, x/y
-        pixel-centre coordinates; numpy or dask backed.
-    zone_raster
-        (y, x) int zones on the cube's grid (0 = none, i + 1 = ``zone_names[i]``).
-    zone_names, zone_kinds
-        Name and kind of each zone.
-    cfg
-        Detection parameters (``cfg.method`` picks the method).
-    bands
-        Bands compared.
-    calibration_model
-        The confidence model of the multi-date method (the stages pass
-        :func:`pipeline.io.calibration.active_model`); None: confidence stays noise-only and
-        nothing is dropped by ``cfg.min_confidence``.
-
-    Returns
-    -------
-    DetectResult
-        Features, per-pair summaries, the (pair, y, x) score and labels (pair ``p`` = the
-        change first seen at date ``p + 1``) and the zone occupancy per date.
-
-    Raises
-    ------
-    DataError
-        When bands, ``valid``, the ``crs`` attribute or a matching zone raster are missing.
-
-    Notes
-    -----
-    The multi-date path loads the cube into memory (one ``dask.compute`` for dask input): a
-    site is small; whole tiles go through :mod:`pipeline.stages.tile`. Its per-pixel kernels
-    (:mod:`pipeline.kernels.detect.multidate`) keep numpy and dask paths.
-    """
-    if cfg.method == "pairwise":
-        result = detect_pairwise(cube, zone_raster, zone_names, zone_kinds, cfg, bands)
-    else:
-        result = _detect_multidate(
-            cube, zone_raster, zone_names, zone_kinds, cfg, bands, calibration_model
-        )
-    dates = [str(np.datetime_as_string(t, unit="D")) for t in cube["time"].values]
-    result.occupancy = _occupancy(result, zone_raster, zone_names, dates, cube)
-    return result
-
-
-def _occupancy(
+def detection_occupancy(
     result: DetectResult,
     zone_raster: np.ndarray,
     zone_names: Sequence[str],
-    dates: list[str],
     cube: xr.Dataset,
 ) -> list[dict]:
+    """Per date, the share of each zone covered by the detected objects known present.
+
+    Parameters
+    ----------
+    result
+        Detections of the cube (numpy labels).
+    zone_raster
+        (y, x) int zones on the cube's grid (0 = none, i + 1 = ``zone_names[i]``).
+    zone_names
+        Name of each zone.
+    cube
+        The cube detected in (its dates and grid).
+
+    Returns
+    -------
+    list of dict
+        :func:`pipeline.kernels.detect.occupancy.zone_occupancy` rows; empty for a grid under
+        2 x 2 pixels.
+    """
+    dates = [str(np.datetime_as_string(t, unit="D")) for t in cube["time"].values]
     kinds = {int(f["properties"]["label"]): f["properties"]["kind"] for f in result.features}
     labels = np.asarray(result.labels.values)
     state = occupancy.pixel_state(labels, kinds, list(range(1, len(dates))), len(dates))
@@ -188,18 +151,52 @@ def _drift(
     return floor, smooth, slope_var
 
 
-def _detect_multidate(
+def multidate_objects(
     cube: xr.Dataset,
+    stack: np.ndarray,
+    valid: np.ndarray,
     zone_raster: np.ndarray,
     zone_names: Sequence[str],
     zone_kinds: Sequence[str],
     cfg: DetectConfig,
     bands: Sequence[str],
+    *,
     calibration_model: calibration.Model | None,
 ) -> DetectResult:
+    """Removed and appeared objects of the multi-date method (see the module docstring).
+
+    Parameters
+    ----------
+    cube
+        The aligned cube (its dates, grid, ``crs``, ``site`` attribute and whether it has
+        ``scl``); its bands are read from ``stack`` and ``valid``.
+    stack, valid
+        :func:`pipeline.kernels.detect.pairwise.stack_inputs` of the cube, computed: (T, B, y, x)
+        float32 bands and (T, y, x) bool validity, numpy (a site is small; whole tiles go through
+        :mod:`pipeline.stages.tile`).
+    zone_raster
+        (y, x) int zones on the cube's grid (0 = none, i + 1 = ``zone_names[i]``).
+    zone_names, zone_kinds
+        Name and kind of each zone.
+    cfg
+        Detection parameters.
+    bands
+        Bands compared (the order of ``stack``'s second axis).
+    calibration_model
+        The confidence model (None: confidence stays noise-only and nothing is dropped by
+        ``cfg.min_confidence``).
+
+    Returns
+    -------
+    DetectResult
+        Features, per-pair summaries, the (pair, y, x) score and labels (numpy).
+
+    Raises
+    ------
+    DataError
+        When the ``crs`` attribute or a matching zone raster is missing.
+    """
     bands, crs, zone_raster = check_inputs(cube, zone_raster, bands)
-    stack, valid = stack_inputs(cube, bands)
-    stack, valid = dask.compute(stack, valid)
     stack = np.where(valid[:, None], stack, np.nan).astype(np.float32)
     times = cube["time"].values
     dates = [str(np.datetime_as_string(t, unit="D")) for t in times]

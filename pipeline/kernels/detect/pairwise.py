@@ -1,8 +1,10 @@
 """The pairwise change core: signed changes between each date and the last clear view before it
-(pure). :func:`pipeline.kernels.detect.core.detect_cube` runs it with ``detect.method: pairwise``;
+(pure). :func:`pipeline.stages.detect.detect_cube` runs it with ``detect.method: pairwise``;
 its pair kernel :func:`pair_change` is also the core of ``basewatch pair``.
 
-Method of :func:`detect_pairwise` (input: an aligned cube, see ``notes/CONTEXT.md``):
+Method (input: an aligned cube, see ``notes/CONTEXT.md``): steps 1 to 5 are :func:`pair_scores`
+(lazy for dask input), steps 6 to 9 :func:`pairwise_objects` (numpy, once the stage has computed
+the scores):
 
 1. **Last valid view.** For each date ``t > 0`` every pixel is compared with its *last valid*
    observation before ``t`` (a forward fill along time over ``valid``, one vectorised step per
@@ -35,12 +37,12 @@ Method of :func:`detect_pairwise` (input: an aligned cube, see ``notes/CONTEXT.m
    not the sign of the difference). The background is that of the *quiet* (unchanged) pixels only,
    finest window first (:func:`pipeline.kernels.detect.neighbourhood.surroundings`), so it is the
    object's near surroundings whatever its size.
-6. **Objects** (:func:`segment_pair`, numpy, after one ``dask.compute`` of every pair's score,
-   margin and before-date index: labelling must see whole regions across chunk borders). Seeds at
-   the chi-square quantile ``1 - false_alarm_rate``, grown by hysteresis to ``1 -
-   grow_false_alarm_rate`` (8-connectivity); a region takes its majority sign unless its minority
-   exceeds ``sign_split_fraction``, then it is split into signed components; a component needs a
-   seed and at least ``min_area_m2``.
+6. **Objects** (:func:`segment_pair`, numpy, after the stage's one ``dask.compute`` of every
+   pair's score, margin and before-date index: labelling must see whole regions across chunk
+   borders). Seeds at the chi-square quantile ``1 - false_alarm_rate``, grown by hysteresis to
+   ``1 - grow_false_alarm_rate`` (8-connectivity); a region takes its majority sign unless its
+   minority exceeds ``sign_split_fraction``, then it is split into signed components; a component
+   needs a seed and at least ``min_area_m2``.
 7. **Transients** (:func:`transient_objects`). An object whose core is, at its next clear view,
    mostly covered by objects of the opposite kind (appeared then removed, or the reverse) is
    flagged ``transient``: usually a cloud or shadow SCL missed, sometimes an object present on one
@@ -65,7 +67,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -108,7 +109,7 @@ USUALLY_VALID_FRACTION = 0.5
 
 @dataclass
 class DetectResult:
-    """Everything :func:`pipeline.kernels.detect.core.detect_cube` finds in a cube."""
+    """Everything :func:`pipeline.stages.detect.detect_cube` finds in a cube."""
 
     features: list[dict]
     """GeoJSON Features (lon/lat), one per object; feature ``i`` is label ``i + 1``."""
@@ -336,62 +337,73 @@ def _pair_coords(times: np.ndarray, cube: xr.Dataset) -> dict[str, Any]:
     }
 
 
-def detect_pairwise(
-    cube: xr.Dataset,
-    zone_raster: np.ndarray,
-    zone_names: Sequence[str],
-    zone_kinds: Sequence[str],
-    cfg: DetectConfig,
-    bands: Sequence[str] = DEFAULT_BANDS,
-) -> DetectResult:
-    """Detect removed and appeared objects in an aligned cube, date pair by date pair.
+@dataclass(frozen=True)
+class PairScores:
+    """Per-pixel results of every date pair of a cube (:func:`pair_scores`): lazy for dask
+    input; ``dask.compute`` of the whole gives the same with numpy values, which
+    :func:`pairwise_objects` labels."""
+
+    score: Any
+    """(pair, y, x) float32 null-calibrated score (chi-square units), NaN where not scored."""
+    removed: Any
+    """(pair, y, x) float32 removal margin (> 0: the after view is closer to its background)."""
+    before_index: Any
+    """(pair, y, x) int16 date index of each pixel's before view (-1: none yet)."""
+    n_used: list[Any]
+    """Per pair, 0-d: the number of pixels scored."""
+    radiometry: list[PairRadiometry]
+    """Per pair: gain, offset, noise sigma and band whitening."""
+    null_scale: list[Any]
+    """Per pair, 0-d: the null scale the raw score was divided by."""
+
+
+def pair_scores(cube: xr.Dataset, cfg: DetectConfig, bands: Sequence[str]) -> PairScores:
+    """Score every date of an aligned cube against each pixel's last clear view before it.
+
+    Steps 1 to 5 of the module docstring; nothing is computed (lazy for dask input).
 
     Parameters
     ----------
     cube
-        Aligned cube: bands float32 and ``valid`` bool on (time, y, x), ``crs`` attribute, x/y
-        pixel-centre coordinates; numpy or dask backed.
-    zone_raster
-        (y, x) int zones on the cube's grid (0 = none, i + 1 = ``zone_names[i]``).
-    zone_names, zone_kinds
-        Name and kind of each zone.
+        Aligned cube: bands float32 and ``valid`` bool on (time, y, x); numpy or dask backed.
     cfg
         Detection parameters.
     bands
-        Bands compared.
+        Bands compared (checked by :func:`check_inputs`).
 
     Returns
     -------
-    DetectResult
-        Features, per-pair summaries, the (lazy for dask input) score and the object labels.
+    PairScores
+        Score, removal margin, before-date index and fit summaries of each consecutive pair.
 
     Raises
     ------
     DataError
-        When bands, ``valid``, the ``crs`` attribute or a matching zone raster are missing.
-
-    Notes
-    -----
-    Computes once (one ``dask.compute``) the per-pair score, removal margin, before-date index
-    and fit summaries, then labels on numpy: a region must be seen whole across chunk borders.
-    The returned ``score`` is the lazy graph again (writing it recomputes it).
+        When a band or ``valid`` is missing.
     """
-    bands, crs, zone_raster = check_inputs(cube, zone_raster, bands)
+    bands = list(bands)
     ny, nx = cube.sizes["y"], cube.sizes["x"]
-    transform = grid_transform(cube["x"].values, cube["y"].values)
     stack, valid = _inputs(cube, bands)
     xp = _xp(stack)
-    times = cube["time"].values
-    dates = [str(np.datetime_as_string(t, unit="D")) for t in times]
-    n_bands, n_pairs = len(bands), max(0, len(times) - 1)
+    n_times = cube.sizes["time"]
     blue = bands.index("blue") if "blue" in bands else None
+    if n_times < 2:
+        empty = np.zeros((0, ny, nx))
+        return PairScores(
+            score=xp.zeros((0, ny, nx), dtype=np.float32),
+            removed=empty,
+            before_index=empty,
+            n_used=[],
+            radiometry=[],
+            null_scale=[],
+        )
 
     usually_valid = valid.mean(axis=0) >= USUALLY_VALID_FRACTION
     prev, prev_ok = stack[0], valid[0]
     prev_idx = xp.where(valid[0], 0, -1).astype(np.int16)
     changes: list[PairChange] = []
     before_idx = []
-    for t in range(1, len(times)):
+    for t in range(1, n_times):
         pc = pair_change(
             prev,
             stack[t],
@@ -400,7 +412,7 @@ def detect_pairwise(
             ~valid[t] & usually_valid,
             cfg,
             before_index=prev_idx,
-            n_dates=len(times),
+            n_dates=n_times,
             blue_index=blue,
         )
         changes.append(pc)
@@ -413,22 +425,70 @@ def detect_pairwise(
         prev = xp.where(fresh[None], stack[t], carried)
         prev_idx = xp.where(fresh, np.int16(t), prev_idx)
         prev_ok = prev_ok | fresh
+    return PairScores(
+        score=xp.stack([pc.score for pc in changes]),
+        removed=xp.stack([pc.removed for pc in changes]),
+        before_index=xp.stack(before_idx),
+        n_used=[pc.used.sum() for pc in changes],
+        radiometry=[pc.radiometry for pc in changes],
+        null_scale=[pc.null_scale for pc in changes],
+    )
 
-    if n_pairs:
-        score_lazy = xp.stack([pc.score for pc in changes])
-        wanted = (
-            score_lazy,
-            xp.stack([pc.removed for pc in changes]),
-            xp.stack(before_idx),
-            [pc.used.sum() for pc in changes],
-            [pc.radiometry for pc in changes],
-            [pc.null_scale for pc in changes],
-        )
-        (score_np, removed_np, idx_np, n_used, rads, scales) = dask.compute(*wanted)
-    else:
-        score_lazy = xp.zeros((0, ny, nx), dtype=np.float32)
-        score_np = removed_np = idx_np = np.zeros((0, ny, nx))
-        n_used, rads, scales = [], [], []
+
+def pairwise_objects(
+    cube: xr.Dataset,
+    scores: PairScores,
+    zone_raster: np.ndarray,
+    zone_names: Sequence[str],
+    zone_kinds: Sequence[str],
+    cfg: DetectConfig,
+    bands: Sequence[str],
+    *,
+    score: Any = None,
+) -> DetectResult:
+    """Removed and appeared objects of every date pair, from computed :class:`PairScores`.
+
+    Steps 6 to 9 of the module docstring, on numpy: labelling must see whole regions across
+    chunk borders, so the caller computes ``scores`` first (one ``dask.compute`` of the
+    :func:`pair_scores` of the cube).
+
+    Parameters
+    ----------
+    cube
+        The aligned cube the scores come from (its dates, grid, ``crs`` and ``site`` attributes).
+    scores
+        :func:`pair_scores` of the cube, computed (numpy).
+    zone_raster
+        (y, x) int zones on the cube's grid (0 = none, i + 1 = ``zone_names[i]``).
+    zone_names, zone_kinds
+        Name and kind of each zone.
+    cfg
+        Detection parameters.
+    bands
+        Bands compared.
+    score
+        The (pair, y, x) score the result carries (the lazy one, so writing it recomputes it
+        chunk by chunk); None: ``scores.score``.
+
+    Returns
+    -------
+    DetectResult
+        Features, per-pair summaries, the score and the object labels (numpy).
+
+    Raises
+    ------
+    DataError
+        When the ``crs`` attribute or a matching zone raster is missing.
+    """
+    bands, crs, zone_raster = check_inputs(cube, zone_raster, bands)
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    transform = grid_transform(cube["x"].values, cube["y"].values)
+    times = cube["time"].values
+    dates = [str(np.datetime_as_string(t, unit="D")) for t in times]
+    n_bands, n_pairs = len(bands), max(0, len(times) - 1)
+    score_np, removed_np, idx_np = scores.score, scores.removed, scores.before_index
+    n_used, rads, scales = scores.n_used, scores.radiometry, scores.null_scale
+    score_lazy = scores.score if score is None else score
 
     seed_thr, grow_thr = thresholds(cfg, n_bands)
     pixel_area = abs(transform.a * transform.e)

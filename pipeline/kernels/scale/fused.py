@@ -262,7 +262,7 @@ def update_last_view(
 
     Where the new view is valid (and the pair's fit trusted) it replaces the last view;
     elsewhere the last view is carried into the new date's radiometry (``gain * prev +
-    offset``), as :func:`pipeline.kernels.detect.pairwise.detect_pairwise` does, so the before view
+    offset``), as :func:`pipeline.kernels.detect.pairwise.pair_scores` does, so the before view
     stays one consistent image however old each pixel's last view is.
 
     Parameters

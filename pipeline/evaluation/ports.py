@@ -24,7 +24,7 @@ means of ratios. Nothing on the detection path imports this module.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,20 +223,13 @@ def score_case(
         ``n_found``) and ``missed`` / ``touched_not_found`` (ship ids; the latter touched
         only by detections of the wrong kind or date).
     """
-    eight = np.ones((3, 3), bool)
     shape = ship_masks[0].shape if ship_masks else (0, 0)
-    touch_changed = np.zeros(shape, np.int32)  # id of a changed ship reached (last wins)
-    changed_zone = np.zeros(shape, bool)
-    zones = {}
-    for i in changes:
-        z = ndimage.binary_dilation(ship_masks[i - 1], eight, iterations=TOUCH_PX)
-        zones[i] = z
-        changed_zone |= z
-        touch_changed[z] = i
-    stayed_zone = np.zeros(shape, bool)
-    for i, m in enumerate(ship_masks, start=1):
-        if i not in changes:
-            stayed_zone |= ndimage.binary_dilation(m, eight, iterations=TOUCH_PX)
+    zones = _touch_zones(ship_masks, changes)
+    changed_zone = np.logical_or.reduce([*zones.values(), np.zeros(shape, bool)])
+    stayed = [i for i in range(1, len(ship_masks) + 1) if i not in changes]
+    stayed_zone = np.logical_or.reduce(
+        [*_touch_zones(ship_masks, stayed).values(), np.zeros(shape, bool)]
+    )
     found, found_any = set(), set()
     n_on, n_right, n_fa, n_on_stayed = 0, 0, 0, 0
     for d in detections:
@@ -306,10 +299,7 @@ def label_detections(
     list
         One outcome per detection, in order.
     """
-    eight = np.ones((3, 3), bool)
-    zones = {
-        i: ndimage.binary_dilation(ship_masks[i - 1], eight, iterations=TOUCH_PX) for i in changes
-    }
+    zones = _touch_zones(ship_masks, changes)
     out: list[int | None] = []
     for d in detections:
         touched = [i for i, z in zones.items() if z[d.rows, d.cols].any()]
@@ -321,6 +311,12 @@ def label_detections(
         else:
             out.append(0)
     return out
+
+
+def _touch_zones(ship_masks: Sequence[np.ndarray], ids: Iterable[int]) -> dict[int, np.ndarray]:
+    """Ship id -> where a detection touches it: its mask grown by :data:`TOUCH_PX` (8-connected)."""
+    eight = np.ones((3, 3), bool)
+    return {i: ndimage.binary_dilation(ship_masks[i - 1], eight, iterations=TOUCH_PX) for i in ids}
 
 
 def add_counts(total: dict, counts: dict, area_km2: float, n_pairs: int) -> dict:

@@ -20,7 +20,8 @@ import dask
 import numpy as np
 import xarray as xr
 
-from pipeline.config import DetectConfig
+from pipeline.config import Config, DetectConfig
+from pipeline.io.calibration import active_model
 from pipeline.kernels.detect import calibration
 from pipeline.kernels.detect.core import detection_occupancy, multidate_objects
 from pipeline.kernels.detect.pairwise import (
@@ -31,6 +32,7 @@ from pipeline.kernels.detect.pairwise import (
     pairwise_objects,
     stack_inputs,
 )
+from pipeline.sites import Site
 
 __all__ = ["DEFAULT_BANDS", "DetectResult", "detect_cube"]
 
@@ -104,3 +106,18 @@ def detect_cube(
         )
     result.occupancy = detection_occupancy(result, zone_raster, zone_names, cube)
     return result
+
+
+def detect_site(cube: xr.Dataset, site: Site, cfg: Config) -> DetectResult:
+    """:func:`detect_cube` on a site's aligned cube: its zones on the load grid, the configured
+    bands the cube holds, and the active calibration model
+    (:func:`pipeline.io.calibration.active_model`)."""
+    return detect_cube(
+        cube,
+        site.zone_raster(site.geobox(cfg.load.resolution_m)),
+        [z.name for z in site.zones],
+        [z.kind for z in site.zones],
+        cfg.detect,
+        bands=[b for b in cfg.load.bands if b in cube],
+        calibration_model=active_model(),
+    )

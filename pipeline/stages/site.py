@@ -18,7 +18,6 @@ from pipeline.config import Config
 from pipeline.errors import DataError, StageInputError
 from pipeline.io import catalog, load, signing
 from pipeline.io.atomic import read_json, write_json, write_text
-from pipeline.io.calibration import active_model
 from pipeline.paths import SitePaths, site_paths
 from pipeline.sites import Site, get_site
 
@@ -140,16 +139,7 @@ def run_detect(cfg: Config, site_name: str) -> int:
 
     site, paths = _site(cfg, site_name)
     cube = load.read_cube(_require(paths.aligned, "coregister"))
-    zones = site.zone_raster(site.geobox(cfg.load.resolution_m))
-    result = detect.detect_cube(
-        cube,
-        zones,
-        [z.name for z in site.zones],
-        [z.kind for z in site.zones],
-        cfg.detect,
-        bands=[b for b in cfg.load.bands if b in cube],
-        calibration_model=active_model(),
-    )
+    result = detect.detect_site(cube, site, cfg)
     fc = {
         "type": "FeatureCollection",
         "name": f"{site_name} detections",
@@ -198,17 +188,8 @@ def run_report(cfg: Config, site_name: str) -> Path:
     else:
         from pipeline.stages import detect
 
-        zones = site.zone_raster(site.geobox(cfg.load.resolution_m))
         log.info("%s: no %s, recomputing the change score", site_name, paths.change)
-        score = detect.detect_cube(
-            cube,
-            zones,
-            [z.name for z in site.zones],
-            [z.kind for z in site.zones],
-            cfg.detect,
-            bands=[b for b in cfg.load.bands if b in cube],
-            calibration_model=active_model(),
-        ).score
+        score = detect.detect_site(cube, site, cfg).score
     out = report.write_report(
         paths.reports,
         site_title=site.title,

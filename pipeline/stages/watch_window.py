@@ -25,7 +25,6 @@ import xarray as xr
 from pipeline.config import Config
 from pipeline.errors import CatalogError, DataError
 from pipeline.io import alerts, catalog
-from pipeline.io.calibration import active_model
 from pipeline.io.store import CLOUDY, COREG_FAILED, KEPT, READ_FAILED, Store
 from pipeline.sites import Site
 
@@ -90,16 +89,7 @@ def _detect(
     )
     if aligned.sizes["time"] < 2:
         return ref_i, estimates, [], []
-    zones = site.zone_raster(site.geobox(cfg.load.resolution_m))
-    result = detect.detect_cube(
-        aligned,
-        zones,
-        [z.name for z in site.zones],
-        [z.kind for z in site.zones],
-        cfg.detect,
-        bands=[b for b in cfg.load.bands if b in aligned],
-        calibration_model=active_model(),
-    )
+    result = detect.detect_site(aligned, site, cfg)
     return ref_i, estimates, result.features, result.pairs
 
 

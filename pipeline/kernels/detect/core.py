@@ -71,6 +71,7 @@ from pipeline.kernels.detect.pairwise import (
     DetectResult,
     PairChange,
     check_inputs,
+    detect_result,
     pair_change,
     pair_coords,
     thresholds,
@@ -340,17 +341,7 @@ def multidate_objects(
     calibration.calibrate(features, seed_thr, calibration_model)
     if calibration_model is not None and cfg.min_confidence > 0:
         features = _drop_unlikely(features, labels_all, pairs, cfg.min_confidence)
-    attrs = {"crs": crs}
-    score_da = xr.DataArray(
-        score[1:],
-        dims=("pair", "y", "x"),
-        coords=coords,
-        attrs={**attrs, "long_name": "change score", "units": f"chi-square, {n_bands} dof"},
-    )
-    labels_da = xr.DataArray(
-        labels_all, dims=("pair", "y", "x"), coords=coords, attrs={**attrs, "long_name": "object"}
-    )
-    return DetectResult(features=features, pairs=pairs, score=score_da, labels=labels_da)
+    return detect_result(features, pairs, score[1:], labels_all, coords, crs, n_bands)
 
 
 def _drop_unlikely(

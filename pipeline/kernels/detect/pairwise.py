@@ -125,6 +125,29 @@ class DetectResult:
     (:mod:`pipeline.kernels.detect.occupancy`)."""
 
 
+def detect_result(
+    features: list[dict],
+    pairs: list[dict],
+    score: Any,
+    labels: np.ndarray,
+    coords: dict[str, Any],
+    crs: str,
+    n_bands: int,
+) -> DetectResult:
+    """A :class:`DetectResult` with its (pair, y, x) score and labels as DataArrays on
+    ``coords`` (:func:`pair_coords`)."""
+    score_da = xr.DataArray(
+        score,
+        dims=("pair", "y", "x"),
+        coords=coords,
+        attrs={"crs": crs, "long_name": "change score", "units": f"chi-square, {n_bands} dof"},
+    )
+    labels_da = xr.DataArray(
+        labels, dims=("pair", "y", "x"), coords=coords, attrs={"crs": crs, "long_name": "object"}
+    )
+    return DetectResult(features=features, pairs=pairs, score=score_da, labels=labels_da)
+
+
 @dataclass(frozen=True)
 class PairChange:
     """Per-pixel outputs of :func:`pair_change` (numpy, or lazy dask for dask input)."""
@@ -546,15 +569,6 @@ def pairwise_objects(
             }
         )
 
-    coords = _pair_coords(times, cube)
-    attrs = {"crs": crs}
-    score_da = xr.DataArray(
-        score_lazy,
-        dims=("pair", "y", "x"),
-        coords=coords,
-        attrs={**attrs, "long_name": "change score", "units": f"chi-square, {n_bands} dof"},
+    return detect_result(
+        features, pairs, score_lazy, labels_all, _pair_coords(times, cube), crs, n_bands
     )
-    labels_da = xr.DataArray(
-        labels_all, dims=("pair", "y", "x"), coords=coords, attrs={**attrs, "long_name": "object"}
-    )
-    return DetectResult(features=features, pairs=pairs, score=score_da, labels=labels_da)

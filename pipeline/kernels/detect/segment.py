@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import chi2
+from scipy.stats import chi2, median_abs_deviation
 
 EIGHT = np.ones((3, 3), dtype=bool)
 """8-connectivity structuring element."""
@@ -385,16 +385,16 @@ def _two_surfaces(
     # medians and MADs: a quay's ring holds roofs, cranes and hulls whose few bright pixels
     # would inflate a standard deviation and hide the water beside it
     gap = float(np.median(proj[hi]) - np.median(proj[lo]))
-    spread = np.sqrt(0.5 * (_robust_sd(proj[lo]) ** 2 + _robust_sd(proj[hi]) ** 2))
+    spread = np.sqrt(
+        0.5
+        * (
+            median_abs_deviation(proj[lo], scale="normal") ** 2
+            + median_abs_deviation(proj[hi], scale="normal") ** 2
+        )
+    )
     if share < 0.25 or gap < separation * max(spread, 1.0):
         return med, None
     return np.median(pix[:, lo], axis=1), np.median(pix[:, hi], axis=1)
-
-
-def _robust_sd(x: np.ndarray) -> float:
-    """Standard deviation estimated from the median absolute deviation (equal for a normal
-    sample, unmoved by a few outliers)."""
-    return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
 def _ring_backgrounds(

@@ -77,6 +77,7 @@ from pipeline.kernels.detect.pairwise import (
     thresholds,
 )
 from pipeline.kernels.detect.segment import (
+    hysteresis_regions,
     object_properties,
     segment_pair,
 )
@@ -392,6 +393,9 @@ def _objects_at(
     with np.errstate(invalid="ignore"):
         changed = np.nan_to_num(score, nan=-1.0) >= grow_thr
         quiet = np.nan_to_num(score, nan=np.inf) < chi2.isf(onedate.QUIET_RATE, n_bands)
+    # only a region holding a seed can become an object (segment_pair drops the others), and a
+    # region's sign depends on its own ring only: sign those (noise leaves many seedless ones)
+    changed &= hysteresis_regions(score, seed_thr, grow_thr, 1)[0] > 0
     margin = onedate.sign_margin(before, after, changed, quiet, sigma, surface_zones, cfg, bands)
     labels, kinds, seed = segment_pair(
         score, margin, seed_thr, grow_thr, min_px, cfg.series_sign_split_fraction, weighted=True

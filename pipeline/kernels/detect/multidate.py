@@ -308,7 +308,7 @@ def _excursion_np(z: np.ndarray, valid: np.ndarray, var: np.ndarray) -> np.ndarr
 def _excursion_nb(
     z: np.ndarray, valid: np.ndarray, var: np.ndarray, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    t_len, n_bands, ny, nx = z.shape
+    t_len, _, ny, nx = z.shape
     stat = np.empty((t_len, ny, nx), np.float32)
     two = np.empty((t_len, ny, nx), bool)
     base = np.empty(z.shape, np.float32)
@@ -511,7 +511,7 @@ def _series_change_nb(
     max_changes: int,
     threads: int = 1,
 ) -> SeriesChange:
-    t_len, n_bands, ny, nx = z.shape
+    t_len, _, ny, nx = z.shape
     t_units = (np.asarray(days, np.float32) / DAYS_PER_UNIT).astype(np.float32)
     plane = (t_len, ny, nx)
     outs = SeriesChange(

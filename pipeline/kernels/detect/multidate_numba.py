@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-TILE = 64
+TILE = 2048
 """Pixels (lanes) of a row processed together."""
 
 F0 = np.float32(0.0)
@@ -119,20 +119,20 @@ def noise_rows(  # type: ignore[no-untyped-def]
                     pz[b, i] = F0
             for t in range(t_len):
                 tt = t_units[t]
-                okr = valid[t, y]
+                okr = valid[t, y, x0 : x0 + w]
                 for i in range(w):
-                    ok[i] = okr[x0 + i]
+                    ok[i] = okr[i]
                     d = tt - pt[i]
                     dt[i] = d if d >= min_dt else min_dt
                 for b in range(n_bands):
-                    zr = z[t, b, y]
+                    zr = z[t, b, y, x0 : x0 + w]
                     pzb = pz[b]
                     cb = cnt[b]
                     if t >= 1:
                         slb = sl[b, t - 1]
                         sqb = sq[b, t - 1]
                         for i in range(w):
-                            zv = zr[x0 + i]
+                            zv = zr[i]
                             d = zv - pzb[i]
                             s = d / dt[i]
                             q = d * d / TWO
@@ -144,7 +144,7 @@ def noise_rows(  # type: ignore[no-untyped-def]
                             pzb[i] = zv if ok[i] else pzb[i]
                     else:
                         for i in range(w):
-                            pzb[i] = zr[x0 + i] if ok[i] else pzb[i]
+                            pzb[i] = zr[i] if ok[i] else pzb[i]
                 for i in range(w):
                     pt[i] = tt if ok[i] else pt[i]
                     has[i] = has[i] | ok[i]
@@ -209,29 +209,29 @@ def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-u
                     pz[b, i] = F0
                     pv[b, i] = F0
             for t in range(t_len):
-                okr = valid[t, y]
+                okr = valid[t, y, x0 : x0 + w]
                 for i in range(w):
-                    ok[i] = okr[x0 + i]
+                    ok[i] = okr[i]
                 for b in range(n_bands):
-                    zr = z[t, b, y]
-                    vr = var[t, b, y]
-                    br = base[t, b, y]
+                    zr = z[t, b, y, x0 : x0 + w]
+                    vr = var[t, b, y, x0 : x0 + w]
+                    br = base[t, b, y, x0 : x0 + w]
                     pzb = pz[b]
                     pvb = pv[b]
                     for i in range(w):
-                        zv = zr[x0 + i]
-                        vv = vr[x0 + i]
+                        zv = zr[i]
+                        vv = vr[i]
                         dz = zv - pzb[i]
                         term = dz * dz / (vv + pvb[i])
                         acc[i] = term if b == 0 else acc[i] + term
-                        br[x0 + i] = pzb[i] if ok[i] else NAN32
+                        br[i] = pzb[i] if ok[i] else NAN32
                         pzb[i] = zv if ok[i] else pzb[i]
                         pvb[i] = vv if ok[i] else pvb[i]
-                sr = stat[t, y]
-                twr = two[t, y]
+                sr = stat[t, y, x0 : x0 + w]
+                twr = two[t, y, x0 : x0 + w]
                 for i in range(w):
-                    sr[x0 + i] = acc[i] if ok[i] & has[i] else NAN32
-                    twr[x0 + i] = has[i] & ok[i]
+                    sr[i] = acc[i] if ok[i] & has[i] else NAN32
+                    twr[i] = has[i] & ok[i]
                     has[i] = has[i] | ok[i]
                     n[i] += 1 if ok[i] else 0
             # backward: pz now holds the next valid observation, ``has`` whether there is one
@@ -239,32 +239,32 @@ def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-u
                 has[i] = False
                 carry[i] = NAN32
             for t in range(t_len - 1, -1, -1):
-                okr = valid[t, y]
-                sr = stat[t, y]
-                twr = two[t, y]
+                okr = valid[t, y, x0 : x0 + w]
+                sr = stat[t, y, x0 : x0 + w]
+                twr = two[t, y, x0 : x0 + w]
                 for i in range(w):
-                    o = okr[x0 + i]
+                    o = okr[i]
                     ok[i] = o
-                    left = sr[x0 + i]
+                    left = sr[i]
                     right = carry[i]
                     both = (left == left) & (right == right)
                     one = right if left != left else left
                     st = (left if left <= right else right) if both else one
-                    sr[x0 + i] = st if o else NAN32
-                    first[i] = not twr[x0 + i]
+                    sr[i] = st if o else NAN32
+                    first[i] = not twr[i]
                     tw[i] = both & o
-                    twr[x0 + i] = both & o
+                    twr[i] = both & o
                     carry[i] = left if o else carry[i]
                 for b in range(n_bands):
-                    zr = z[t, b, y]
-                    br = base[t, b, y]
+                    zr = z[t, b, y, x0 : x0 + w]
+                    br = base[t, b, y, x0 : x0 + w]
                     pzb = pz[b]
                     for i in range(w):
-                        prev = br[x0 + i]
+                        prev = br[i]
                         nxt = pzb[i]
                         v = (prev + nxt) * HALF if tw[i] else (nxt if first[i] else prev)
-                        br[x0 + i] = v if ok[i] else NAN32
-                        pzb[i] = zr[x0 + i] if ok[i] else pzb[i]
+                        br[i] = v if ok[i] else NAN32
+                        pzb[i] = zr[i] if ok[i] else pzb[i]
             # a lone observation is compared with the first invalid date (numpy's rank 1)
             for i in range(w):
                 if n[i] != 1:
@@ -283,8 +283,30 @@ def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-u
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _change_pass(  # type: ignore[no-untyped-def]
-    z, var, valid, slope, slope_var, t_units, window, strong, y, x0, w, ring, rc, pidx, tbw, iwb,
-    cur, acc, score, n_before, n_after, before_index, mean_before, mean_after
+    z,
+    var,
+    valid,
+    slope,
+    slope_var,
+    t_units,
+    window,
+    strong,
+    y,
+    x0,
+    w,
+    ring,
+    rc,
+    pidx,
+    tbw,
+    iwb,
+    cur,
+    acc,
+    score,
+    n_before,
+    n_after,
+    before_index,
+    mean_before,
+    mean_after,
 ):
     """Step statistic of every break of lanes ``x0:x0 + w`` of row ``y`` (``_step_pass`` of the
     numpy path, windows bounded by ``strong`` (T, lanes)); writes the six outputs.
@@ -299,16 +321,16 @@ def _change_pass(  # type: ignore[no-untyped-def]
         pidx[i] = -1
     for t in range(t_len):
         tt = t_units[t]
-        okr = valid[t, y]
+        okr = valid[t, y, x0 : x0 + w]
         for i in range(w):
-            ok[i] = okr[x0 + i]
+            ok[i] = okr[i]
         for b in range(n_bands):
-            zr = z[t, b, y]
-            vr = var[t, b, y]
-            slr = slope[b, y]
+            zr = z[t, b, y, x0 : x0 + w]
+            vr = var[t, b, y, x0 : x0 + w]
+            slr = slope[b, y, x0 : x0 + w]
             for i in range(w):
-                zs = zr[x0 + i] - slr[x0 + i] * tt
-                wv = F1 / vr[x0 + i]
+                zs = zr[i] - slr[i] * tt
+                wv = F1 / vr[i]
                 cur[0, i] = wv
                 cur[1, i] = zs * wv
                 cur[2, i] = wv * tt
@@ -321,9 +343,9 @@ def _change_pass(  # type: ignore[no-untyped-def]
                     aq = acc[q]
                     for i in range(w):
                         aq[i] = aq[i] + (rq[i] if j < rc[i] else F0)
-            mbr = mean_before[t, b, y]
+            mbr = mean_before[t, b, y, x0 : x0 + w]
             for i in range(w):
-                mbr[x0 + i] = acc[1, i] / acc[0, i] if ok[i] else NAN32
+                mbr[i] = acc[1, i] / acc[0, i] if ok[i] else NAN32
                 tbw[t, b, i] = acc[2, i] / acc[0, i]
                 iwb[t, b, i] = F1 / acc[0, i]
             for j in range(window - 1, 0, -1):
@@ -336,12 +358,12 @@ def _change_pass(  # type: ignore[no-untyped-def]
                 dst = ring[q, 0, b]
                 for i in range(w):
                     dst[i] = cur[q, i] if ok[i] else dst[i]
-        nbr = n_before[t, y]
-        bir = before_index[t, y]
+        nbr = n_before[t, y, x0 : x0 + w]
+        bir = before_index[t, y, x0 : x0 + w]
         st = strong[t]
         for i in range(w):
-            nbr[x0 + i] = np.float32(rc[i]) if ok[i] else F0
-            bir[x0 + i] = pidx[i] if ok[i] else -1
+            nbr[i] = np.float32(rc[i]) if ok[i] else F0
+            bir[i] = pidx[i] if ok[i] else -1
             r = 0 if st[i] else rc[i]
             r = min(r + 1, window)
             rc[i] = r if ok[i] else rc[i]
@@ -350,16 +372,16 @@ def _change_pass(  # type: ignore[no-untyped-def]
         rc[i] = 0
     for t in range(t_len - 1, -1, -1):
         tt = t_units[t]
-        okr = valid[t, y]
+        okr = valid[t, y, x0 : x0 + w]
         for i in range(w):
-            ok[i] = okr[x0 + i]
+            ok[i] = okr[i]
             r = min(rc[i] + 1, window)
             rc[i] = r if ok[i] else rc[i]
         for b in range(n_bands):
-            zr = z[t, b, y]
-            vr = var[t, b, y]
-            slr = slope[b, y]
-            svr = slope_var[b, y]
+            zr = z[t, b, y, x0 : x0 + w]
+            vr = var[t, b, y, x0 : x0 + w]
+            slr = slope[b, y, x0 : x0 + w]
+            svr = slope_var[b, y, x0 : x0 + w]
             for j in range(window - 1, 0, -1):
                 for q in range(3):
                     dst = ring[q, j, b]
@@ -367,8 +389,8 @@ def _change_pass(  # type: ignore[no-untyped-def]
                     for i in range(w):
                         dst[i] = src[i] if ok[i] else dst[i]
             for i in range(w):
-                zs = zr[x0 + i] - slr[x0 + i] * tt
-                wv = F1 / vr[x0 + i]
+                zs = zr[i] - slr[i] * tt
+                wv = F1 / vr[i]
                 ring[0, 0, b, i] = wv if ok[i] else ring[0, 0, b, i]
                 ring[1, 0, b, i] = zs * wv if ok[i] else ring[1, 0, b, i]
                 ring[2, 0, b, i] = wv * tt if ok[i] else ring[2, 0, b, i]
@@ -381,34 +403,49 @@ def _change_pass(  # type: ignore[no-untyped-def]
                     aq = acc[q]
                     for i in range(w):
                         aq[i] = aq[i] + (rq[i] if j < rc[i] else F0)
-            mbr = mean_before[t, b, y]
-            mar = mean_after[t, b, y]
+            mbr = mean_before[t, b, y, x0 : x0 + w]
+            mar = mean_after[t, b, y, x0 : x0 + w]
             for i in range(w):
                 wa = acc[0, i]
                 ma = acc[1, i] / wa
                 gap = acc[2, i] / wa - tbw[t, b, i]
-                v = F1 / wa + iwb[t, b, i] + gap * gap * svr[x0 + i]
-                d = ma - mbr[x0 + i]
+                v = F1 / wa + iwb[t, b, i] + gap * gap * svr[i]
+                d = ma - mbr[i]
                 term = d * d / v
                 cur[0, i] = term if b == 0 else cur[0, i] + term
-                mar[x0 + i] = ma if ok[i] else NAN32
-        scr = score[t, y]
-        nbr = n_before[t, y]
-        nar = n_after[t, y]
-        bir = before_index[t, y]
+                mar[i] = ma if ok[i] else NAN32
+        scr = score[t, y, x0 : x0 + w]
+        nbr = n_before[t, y, x0 : x0 + w]
+        nar = n_after[t, y, x0 : x0 + w]
+        bir = before_index[t, y, x0 : x0 + w]
         st = strong[t]
         for i in range(w):
             na = np.float32(rc[i])
-            good = ok[i] & (bir[x0 + i] >= 0) & (nbr[x0 + i] > F0) & (na > F0)
-            scr[x0 + i] = cur[0, i] if good else NAN32
-            nar[x0 + i] = na if ok[i] else F0
+            good = ok[i] & (bir[i] >= 0) & (nbr[i] > F0) & (na > F0)
+            scr[i] = cur[0, i] if good else NAN32
+            nar[i] = na if ok[i] else F0
             rc[i] = 0 if ok[i] & st[i] else rc[i]
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def change_rows(  # type: ignore[no-untyped-def]
-    z, var, valid, slope, slope_var, t_units, window, threshold, max_changes,
-    score, n_before, n_after, before_index, mean_before, mean_after, r0, r1
+    z,
+    var,
+    valid,
+    slope,
+    slope_var,
+    t_units,
+    window,
+    threshold,
+    max_changes,
+    score,
+    n_before,
+    n_after,
+    before_index,
+    mean_before,
+    mean_after,
+    r0,
+    r1,
 ):
     """Rows ``r0:r1`` of ``_series_change_np`` (windows of at most ``window`` >= 1 dates;
     ``threshold`` float32). Outputs: ``score``, ``n_before``, ``n_after`` (T, y, x) float32,
@@ -424,6 +461,7 @@ def change_rows(  # type: ignore[no-untyped-def]
     acc = np.empty((3, L), np.float32)
     strong = np.zeros((t_len, L), np.bool_)
     busy = np.empty(nx, np.int64)
+    hit = np.zeros(L, np.bool_)
     # gathered lanes of the greedy re-pass: inputs and outputs as one row of width L
     g_z = np.zeros((t_len, n_bands, 1, L), np.float32)
     g_var = np.ones((t_len, n_bands, 1, L), np.float32)
@@ -442,15 +480,39 @@ def change_rows(  # type: ignore[no-untyped-def]
             w = min(L, nx - x0)
             strong[:, :w] = False
             _change_pass(
-                z, var, valid, slope, slope_var, t_units, window, strong, y, x0, w, ring, rc,
-                pidx, tbw, iwb, cur, acc, score, n_before, n_after, before_index, mean_before,
+                z,
+                var,
+                valid,
+                slope,
+                slope_var,
+                t_units,
+                window,
+                strong,
+                y,
+                x0,
+                w,
+                ring,
+                rc,
+                pidx,
+                tbw,
+                iwb,
+                cur,
+                acc,
+                score,
+                n_before,
+                n_after,
+                before_index,
+                mean_before,
                 mean_after,
             )
             for i in range(w):
-                hit = False
-                for t in range(t_len):
-                    hit = hit | (score[t, y, x0 + i] >= threshold)
-                if hit:
+                hit[i] = False
+            for t in range(t_len):
+                scr = score[t, y, x0 : x0 + w]
+                for i in range(w):
+                    hit[i] = hit[i] | (scr[i] >= threshold)
+            for i in range(w):
+                if hit[i]:
                     busy[n_busy] = x0 + i
                     n_busy += 1
         for c0 in range(0, n_busy, L):
@@ -483,8 +545,30 @@ def change_rows(  # type: ignore[no-untyped-def]
                 if not added:
                     break
                 _change_pass(
-                    g_z, g_var, g_ok, g_slope, g_sv, t_units, window, strong, 0, 0, w, ring,
-                    rc, pidx, tbw, iwb, cur, acc, g_score, g_nb, g_na, g_bi, g_mb, g_ma,
+                    g_z,
+                    g_var,
+                    g_ok,
+                    g_slope,
+                    g_sv,
+                    t_units,
+                    window,
+                    strong,
+                    0,
+                    0,
+                    w,
+                    ring,
+                    rc,
+                    pidx,
+                    tbw,
+                    iwb,
+                    cur,
+                    acc,
+                    g_score,
+                    g_nb,
+                    g_na,
+                    g_bi,
+                    g_mb,
+                    g_ma,
                 )
                 for i in range(w):
                     x = busy[c0 + i]

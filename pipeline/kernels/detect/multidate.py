@@ -593,8 +593,10 @@ def series_change(
     check_engine(engine)
     days = np.asarray(days, dtype=np.float32)
     if engine == "numba" and not is_dask(z, var, valid, slope, slope_var):
-        arrays = (np.asarray(a) for a in (z, var, valid, slope, slope_var))
-        return _series_change_nb(*arrays, days, window, threshold, max_changes, threads)
+        zn, vn, okn, sln, svn = (np.asarray(a) for a in (z, var, valid, slope, slope_var))
+        return _series_change_nb(
+            zn, vn, okn, sln, svn, days, window, threshold, max_changes, threads
+        )
 
     def func(
         zb: np.ndarray, ok: np.ndarray, vb: np.ndarray, sl: np.ndarray, sv: np.ndarray

@@ -304,3 +304,121 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
+    """The multi-date per-pixel statistics against memory copy and the numpy reference.
+
+    Run from the project root (about a minute; the 2048 px window holds about 12 GB)::
+
+        .venv/bin/python -c "import sys, json; sys.path.insert(0, 'benchmarks');
+        from bench_core import multidate_core; print(json.dumps(multidate_core(2048, 24, 0)))"
+
+    Inputs, as the detector builds them: a 512 x 512 window of
+    :class:`pipeline.simulate.tile.SyntheticStack` (``dates`` dates, 4 bands, clouds, planted
+    objects) is normalised and standardised by the detector's own steps
+    (:func:`pipeline.kernels.detect.noise.normalise_stack`,
+    :func:`pipeline.kernels.detect.noise.noise_model`, the drift and noise floor of
+    :func:`pipeline.kernels.detect.core._drift`: ``z``, ``var`` float32, ``valid`` bool, the
+    smoothed ``slope`` and ``slope_var``), then tiled up to ``size`` x ``size`` (so inputs
+    stream from memory, not from the L3 cache). The statistics are the three calls of the
+    detector, in its order, with its parameters (:class:`pipeline.config.DetectConfig`):
+    ``series_noise``, ``excursion_stat``, ``series_change`` (fresh outputs each call, as the
+    detector gets them).
+
+    ``copy_gbps``: input bytes (``z``, ``var``, ``valid``, ``slope``, ``slope_var``) per second
+    through :func:`numpy.copyto` into preallocated arrays (one thread); ``core_gbps``: the same
+    bytes per second through the three statistics (``engine="numba"``), on one thread and on
+    every core (bands of rows), the faster reported (``core_threads``; both kept:
+    ``core_gbps_1thread``); ``ratio_to_copy`` = copy time / statistics time.
+    ``speedup_vs_reference``: the numpy engine's time (``engine="numpy"``, one thread) over the
+    numba engine's on one thread, on a window of at most 1024 x 1024 (``reference_pixels``);
+    ``reference_peak_alloc_mb``/``core_peak_alloc_mb``: peak memory each allocates there
+    (``tracemalloc``, outputs included).
+    """
+    from pipeline.config import DetectConfig
+    from pipeline.io.tile_read import read_window
+    from pipeline.kernels.detect import multidate, noise
+    from pipeline.kernels.detect.core import _drift, series_thresholds
+    from pipeline.simulate.tile import SyntheticStack
+
+    cfg = DetectConfig()
+    base = 512
+    stack = SyntheticStack((base, base), dates, seed=seed, object_spacing_px=128)
+    win = (slice(0, base), slice(0, base))
+    reads = [read_window(stack, t, *win) for t in range(dates)]
+    x = np.stack([np.where(ok, b, np.nan) for b, ok in reads]).astype(np.float32)
+    valid = np.stack([ok for _, ok in reads])
+    days = np.arange(dates, dtype=np.float32) * 5.0
+    y, _, _ = noise.normalise_stack(x, valid, cfg.max_sample_px)
+    nm = noise.noise_model(
+        y, valid, window_px=cfg.local_window_px, structure_window_px=cfg.structure_window_px
+    )
+    floor, slope, slope_var = _drift(nm.z, valid, days, cfg)
+    var = np.maximum(nm.var, (floor**2)[None]).astype(np.float32)
+    reps = -(-size // base)
+
+    def tile(a: np.ndarray) -> np.ndarray:
+        big = np.tile(a, (1,) * (a.ndim - 2) + (reps, reps))[..., :size, :size]
+        return np.ascontiguousarray(big)
+
+    inputs = [tile(a) for a in (nm.z.astype(np.float32), var, valid, slope, slope_var)]
+    del x, y, nm, var, reads
+    seed_thr, _ = series_thresholds(cfg, stack.n_bands)
+
+    def statistics(arrays: list[np.ndarray], threads: int = 1, engine: str = "numba") -> None:
+        z, v, ok, sl, sv = arrays
+        kw: dict[str, Any] = {"engine": engine, "threads": threads}
+        multidate.series_noise(z, ok, days, trim=cfg.series_noise_trim, **kw)
+        multidate.excursion_stat(z, v, ok, **kw)
+        multidate.series_change(
+            z,
+            v,
+            ok,
+            days,
+            slope=sl,
+            slope_var=sv,
+            window=cfg.window_dates,
+            threshold=seed_thr,
+            max_changes=cfg.max_changes,
+            **kw,
+        )
+
+    nbytes = sum(a.nbytes for a in inputs)
+    targets = [np.empty_like(a) for a in inputs]
+
+    def copy() -> None:
+        for src, dst in zip(inputs, targets, strict=True):
+            np.copyto(dst, src)
+
+    copy_s = best_seconds(copy, 5)
+    targets.clear()
+    core_1t_s = best_seconds(lambda: statistics(inputs), 3)
+    core_nt_s = best_seconds(lambda: statistics(inputs, CORE_THREADS), 3)
+    core_s, threads = min((core_1t_s, 1), (core_nt_s, CORE_THREADS))
+    r = min(size, 1024)
+    sub = [np.ascontiguousarray(a[..., :r, :r]) for a in inputs]
+    inputs.clear()
+    fused_sub_s = best_seconds(lambda: statistics(sub), 3)
+    ref_s = best_seconds(lambda: statistics(sub, engine="numpy"), 1)
+    core_alloc = peak_alloc_mb(lambda: statistics(sub))
+    ref_alloc = peak_alloc_mb(lambda: statistics(sub, engine="numpy"))
+    return {
+        "method": "multidate",
+        "dates": dates,
+        "bands": stack.n_bands,
+        "core_pixels": size * size,
+        "core_threads": threads,
+        "core_seconds": round(core_s, 4),
+        "copy_gbps": round(nbytes / copy_s / 1e9, 3),
+        "core_gbps": round(nbytes / core_s / 1e9, 3),
+        "ratio_to_copy": round(copy_s / core_s, 3),
+        "core_gbps_1thread": round(nbytes / core_1t_s / 1e9, 3),
+        "ratio_to_copy_1thread": round(copy_s / core_1t_s, 3),
+        "reference_pixels": r * r,
+        "reference_seconds": round(ref_s, 3),
+        "fused_seconds_same_window": round(fused_sub_s, 4),
+        "speedup_vs_reference": round(ref_s / fused_sub_s, 2),
+        "reference_peak_alloc_mb": round(ref_alloc, 1),
+        "core_peak_alloc_mb": round(core_alloc, 1),
+    }

@@ -29,15 +29,58 @@ resampling make it noisier; see :mod:`pipeline.kernels.detect.noise`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from itertools import pairwise
+from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
 from scipy.stats import chi2
 
+from pipeline.errors import DataError
+from pipeline.kernels.detect import multidate_numba as kern
+
 DAYS_PER_UNIT = 30.0
 """Time unit of drift rates: about a month."""
+
+Engine = Literal["numba", "numpy"]
+"""``"numba"``: the compiled loops of :mod:`pipeline.kernels.detect.multidate_numba` (the
+default); ``"numpy"``: the vectorised numpy reference. Both give the same bits."""
+
+ENGINES = ("numba", "numpy")
+"""Accepted engines."""
+
+
+def check_engine(engine: str) -> None:
+    """Raise :class:`pipeline.errors.DataError` for an unknown engine."""
+    if engine not in ENGINES:
+        raise DataError(f"engine {engine!r} is not one of {', '.join(ENGINES)}: pick one of them")
+
+
+def run_rows(kernel: Callable[..., None], ny: int, threads: int, *args: Any) -> None:
+    """Run a row kernel of :mod:`pipeline.kernels.detect.multidate_numba` (``kernel(*args, r0,
+    r1)``) over rows ``0:ny``, in ``threads`` bands of rows on threads (the kernels release the
+    GIL; each band writes only its own rows, so the bits do not depend on ``threads``)."""
+    threads = max(1, min(int(threads), ny))
+    if threads == 1:
+        kernel(*args, 0, ny)
+        return
+    edges = [i * ny // threads for i in range(threads + 1)]
+    with ThreadPoolExecutor(threads) as pool:
+        rows = partial(kernel, *args)
+        done = [pool.submit(rows, r0, r1) for r0, r1 in pairwise(edges)]
+        for job in done:
+            job.result()
+
+
+def _f32(a: Any) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _ok(a: Any) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=bool)
 
 
 def is_dask(*arrays: Any) -> bool:
@@ -125,8 +168,38 @@ def _series_noise_np(
     return np.stack([noise, slope]).astype(np.float32)
 
 
+def trim_tables(t_len: int, trim: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per number of consecutive differences (0 .. ``t_len - 1``): how many the trimmed mean
+    square keeps, and its bias factor (:func:`_series_noise_np` computes the same per pixel)."""
+    n_diff = np.arange(max(t_len, 1))
+    keep = n_diff - np.maximum(np.ceil(trim * n_diff).astype(int), np.minimum(2, n_diff - 3))
+    factor = _trim_factor(keep / np.maximum(n_diff, 1)).astype(np.float32)
+    return keep.astype(np.int64), factor
+
+
+def _series_noise_nb(
+    z: np.ndarray, valid: np.ndarray, t_units: np.ndarray, trim: float, min_obs: int, threads: int
+) -> np.ndarray:
+    t_len, n_bands, ny, nx = z.shape
+    if t_len < 2:
+        return _series_noise_np(z, valid, t_units, trim, min_obs)
+    keep, factor = trim_tables(t_len, trim)
+    net_i, net_j = kern.sorting_network(t_len - 1)
+    out = np.empty((2, n_bands, ny, nx), np.float32)
+    args = (_f32(z), _ok(valid), _f32(t_units), keep, factor, np.float32(1e-3), int(min_obs))
+    run_rows(kern.noise_rows, ny, threads, *args, net_i, net_j, out)
+    return out
+
+
 def series_noise(
-    z: Any, valid: Any, days: np.ndarray, *, trim: float = 0.15, min_obs: int = 6
+    z: Any,
+    valid: Any,
+    days: np.ndarray,
+    *,
+    trim: float = 0.15,
+    min_obs: int = 6,
+    engine: Engine = "numba",
+    threads: int = 1,
 ) -> tuple[Any, Any]:
     """Noise and drift rate of each pixel's own series.
 
@@ -143,6 +216,10 @@ def series_noise(
         (a one-date object makes two) where three or more remain.
     min_obs
         Fewer valid observations: NaN noise, zero drift.
+    engine
+        ``"numba"`` (compiled loops) or ``"numpy"`` (the reference); same bits.
+    threads
+        Threads of the numba engine on numpy input (bands of rows); a dask block runs on one.
 
     Returns
     -------
@@ -152,10 +229,14 @@ def series_noise(
     slope : array
         (B, y, x) float32 median consecutive slope, z units per :data:`DAYS_PER_UNIT` days.
     """
+    check_engine(engine)
     t_units = np.asarray(days, dtype=np.float32) / np.float32(DAYS_PER_UNIT)
+    lazy = is_dask(z, valid)
 
     def func(zb: np.ndarray, vb: np.ndarray) -> np.ndarray:
-        return _series_noise_np(zb, vb, t_units, trim, min_obs)
+        if engine == "numpy":
+            return _series_noise_np(zb, vb, t_units, trim, min_obs)
+        return _series_noise_nb(zb, vb, t_units, trim, min_obs, 1 if lazy else threads)
 
     out = _blocks(func, z, valid)
     return out[0], out[1]
@@ -224,7 +305,30 @@ def _excursion_np(z: np.ndarray, valid: np.ndarray, var: np.ndarray) -> np.ndarr
     return out
 
 
-def excursion_stat(z: Any, var: Any, valid: Any) -> tuple[Any, Any, Any]:
+def _excursion_nb(
+    z: np.ndarray, valid: np.ndarray, var: np.ndarray, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t_len, _, ny, nx = z.shape
+    stat = np.empty((t_len, ny, nx), np.float32)
+    two = np.empty((t_len, ny, nx), bool)
+    base = np.empty(z.shape, np.float32)
+    run_rows(kern.excursion_rows, ny, threads, _f32(z), _ok(valid), _f32(var), stat, two, base)
+    return stat, two, base
+
+
+def _excursion_nb_stacked(z: np.ndarray, valid: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """:func:`_excursion_nb` in the stacked layout of :func:`_excursion_np` (dask blocks)."""
+    stat, two, base = _excursion_nb(z, valid, var)
+    out = np.empty((2 + z.shape[1], *stat.shape), dtype=np.float32)
+    out[0] = stat
+    out[1] = two
+    out[2:] = np.moveaxis(base, 1, 0)
+    return out
+
+
+def excursion_stat(
+    z: Any, var: Any, valid: Any, *, engine: Engine = "numba", threads: int = 1
+) -> tuple[Any, Any, Any]:
     """How much each observation departs from its neighbours in time.
 
     Parameters
@@ -235,6 +339,10 @@ def excursion_stat(z: Any, var: Any, valid: Any) -> tuple[Any, Any, Any]:
         (T, B, y, x) their variances (same units).
     valid
         (T, y, x) bool: observations to use.
+    engine
+        ``"numba"`` (compiled loops) or ``"numpy"`` (the reference); same bits.
+    threads
+        Threads of the numba engine on numpy input (bands of rows); a dask block runs on one.
 
     Returns
     -------
@@ -248,7 +356,10 @@ def excursion_stat(z: Any, var: Any, valid: Any) -> tuple[Any, Any, Any]:
         (T, B, y, x) float32 what the observation is compared with: the mean of its two
         neighbours (two-sided), else its single neighbour.
     """
-    out = _blocks(_excursion_np, z, valid, var)
+    check_engine(engine)
+    if engine == "numba" and not is_dask(z, var, valid):
+        return _excursion_nb(np.asarray(z), np.asarray(valid), np.asarray(var), threads)
+    out = _blocks(_excursion_np if engine == "numpy" else _excursion_nb_stacked, z, valid, var)
     move = da.moveaxis if is_dask(out) else np.moveaxis
     return out[0], out[1] > 0.5, move(out[2:], 0, 1)
 
@@ -388,6 +499,51 @@ def _series_change_np(
     return np.concatenate(parts).astype(np.float32)
 
 
+def _series_change_nb(
+    z: np.ndarray,
+    var: np.ndarray,
+    valid: np.ndarray,
+    slope: np.ndarray,
+    slope_var: np.ndarray,
+    days: np.ndarray,
+    window: int,
+    threshold: float,
+    max_changes: int,
+    threads: int = 1,
+) -> SeriesChange:
+    t_len, _, ny, nx = z.shape
+    t_units = (np.asarray(days, np.float32) / DAYS_PER_UNIT).astype(np.float32)
+    plane = (t_len, ny, nx)
+    outs = SeriesChange(
+        score=np.empty(plane, np.float32),
+        n_before=np.empty(plane, np.float32),
+        n_after=np.empty(plane, np.float32),
+        before_index=np.empty(plane, np.int16),
+        mean_before=np.empty(z.shape, np.float32),
+        mean_after=np.empty(z.shape, np.float32),
+    )
+    args = (
+        _f32(z),
+        _f32(var),
+        _ok(valid),
+        _f32(slope),
+        _f32(slope_var),
+        t_units,
+        max(1, min(int(window), t_len)),
+        # numpy compares the float32 statistic with a Python float in float32 (NEP 50)
+        np.float32(threshold),
+        int(max_changes),
+        outs.score,
+        outs.n_before,
+        outs.n_after,
+        outs.before_index,
+        outs.mean_before,
+        outs.mean_after,
+    )
+    run_rows(kern.change_rows, ny, threads, *args)
+    return outs
+
+
 def series_change(
     z: Any,
     var: Any,
@@ -399,6 +555,8 @@ def series_change(
     window: int,
     threshold: float,
     max_changes: int = 4,
+    engine: Engine = "numba",
+    threads: int = 1,
 ) -> SeriesChange:
     """The multi-date step test of every pixel (see the module docstring).
 
@@ -422,18 +580,33 @@ def series_change(
         A break at least this strong bounds the windows of the others.
     max_changes
         Most breaks bounding windows per pixel.
+    engine
+        ``"numba"`` (compiled loops) or ``"numpy"`` (the reference); same bits.
+    threads
+        Threads of the numba engine on numpy input (bands of rows); a dask block runs on one.
 
     Returns
     -------
     SeriesChange
         Per-break arrays in date order; lazy for dask input.
     """
+    check_engine(engine)
     days = np.asarray(days, dtype=np.float32)
+    if engine == "numba" and not is_dask(z, var, valid, slope, slope_var):
+        zn, vn, okn, sln, svn = (np.asarray(a) for a in (z, var, valid, slope, slope_var))
+        return _series_change_nb(
+            zn, vn, okn, sln, svn, days, window, threshold, max_changes, threads
+        )
 
     def func(
         zb: np.ndarray, ok: np.ndarray, vb: np.ndarray, sl: np.ndarray, sv: np.ndarray
     ) -> np.ndarray:
-        return _series_change_np(zb, vb, ok, sl, sv, days, window, threshold, max_changes)
+        if engine == "numpy":
+            return _series_change_np(zb, vb, ok, sl, sv, days, window, threshold, max_changes)
+        sc = _series_change_nb(zb, vb, ok, sl, sv, days, window, threshold, max_changes)
+        parts = (sc.score, sc.n_before, sc.n_after, sc.before_index)
+        means = (np.moveaxis(sc.mean_before, 1, 0), np.moveaxis(sc.mean_after, 1, 0))
+        return np.concatenate([*(p[None] for p in parts), *means]).astype(np.float32)
 
     out = _blocks(func, z, valid, var, slope, slope_var)
     n_bands = int(z.shape[1])

@@ -1,0 +1,582 @@
+"""Compiled (numba) loops of the per-pixel multi-date statistics; private, see
+:mod:`pipeline.kernels.detect.multidate` for the math and its ``engine="numba"`` dispatch.
+
+Each loop takes whole (T, B, y, x) blocks (every date of a spatial window, C-contiguous) and
+writes what the numpy functions of :mod:`pipeline.kernels.detect.multidate` write
+(``_series_noise_np``, ``_excursion_np``, ``_series_change_np``), with the same float32
+operations in the same order: the results are the same bits.
+
+Layout: a row is cut into tiles of :data:`TILE` pixels ("lanes"); the loops run over the dates
+in time order with a small per-lane state (the last valid observation, a ring of the last
+``window`` valid observations), and every innermost loop runs over the lanes of a tile with no
+dependence between them and selects instead of branches, so LLVM vectorises it. Nothing is
+gathered into per-pixel rank order: a pixel's "ranks" (its valid dates in time order) are
+walked in date order, forward for what depends on the past and backward for what depends on
+the future, and per-lane scratch stays in cache.
+
+- :func:`noise_rows`: consecutive differences (one slot per date, +inf where there is none),
+  sorted per lane by a sorting network (compare-exchange over lanes), then the trimmed sum of
+  the smallest ones in ascending order and the median slope, as ``numpy.sort`` + ``cumsum``
+  give them.
+- :func:`excursion_rows`: a forward pass (step from the last valid observation), a backward
+  pass (step to the next one), both with selects.
+- :func:`change_rows`: a forward pass (the before-window sums, nearest observation first, from a
+  ring of the last ``window`` valid observations) and a backward pass (the after-window sums
+  and the statistic). Strong breaks reset the ring. The greedy multi-break re-pass runs only
+  for the pixels of a row with a break above the threshold, gathered into one tile.
+
+No fast-math (NaN tests and the order of float32 sums must stay exact). Every function
+releases the GIL and is cached on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+TILE = 2048
+"""Pixels (lanes) of a row processed together."""
+
+F0 = np.float32(0.0)
+F1 = np.float32(1.0)
+HALF = np.float32(0.5)
+TWO = np.float32(2.0)
+NAN32 = np.float32(np.nan)
+INF32 = np.float32(np.inf)
+
+
+def sorting_network(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort of ``n`` values.
+
+    Built for the next power of two and pruned of every comparator reaching past ``n`` (the
+    padding would be +inf, which such a comparator never moves).
+    """
+    size = 1
+    while size < n:
+        size *= 2
+    pairs: list[tuple[int, int]] = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        pairs.append((a, b))
+            k //= 2
+        p *= 2
+    arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _sort_lanes(buf, net_i, net_j, w):  # type: ignore[no-untyped-def]
+    """Sort ``buf[:, :w]`` (slots, lanes) along the slots by the network ``(net_i, net_j)``."""
+    for c in range(net_i.shape[0]):
+        lo = buf[net_i[c]]
+        hi = buf[net_j[c]]
+        for i in range(w):
+            u = lo[i]
+            v = hi[i]
+            lo[i] = u if u <= v else v
+            hi[i] = v if u <= v else u
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def noise_rows(  # type: ignore[no-untyped-def]
+    z, valid, t_units, keep_tab, factor_tab, min_dt, min_obs, net_i, net_j, out, r0, r1
+):
+    """Rows ``r0:r1`` of ``_series_noise_np``: ``out[0]`` noise, ``out[1]`` slope (B, y, x).
+
+    ``t_len >= 2``. Slot ``t - 1`` of a lane holds the difference ending at date ``t`` (its
+    observation minus the previous valid one), +inf where there is none; sorted, the slots are
+    numpy's sorted differences with NaN (as +inf) last.
+    """
+    t_len, n_bands, _, nx = z.shape
+    m = t_len - 1
+    L = TILE
+    pz = np.zeros((n_bands, L), np.float32)
+    pt = np.zeros(L, np.float32)
+    has = np.zeros(L, np.bool_)
+    n = np.zeros(L, np.int64)
+    ok = np.zeros(L, np.bool_)
+    sl = np.empty((n_bands, m, L), np.float32)
+    sq = np.empty((n_bands, m, L), np.float32)
+    cnt = np.zeros((n_bands, L), np.int64)
+    dt = np.empty(L, np.float32)
+    total = np.empty(L, np.float32)
+    last = np.empty(L, np.int64)
+    for y in range(r0, r1):
+        for x0 in range(0, nx, L):
+            w = min(L, nx - x0)
+            for i in range(w):
+                has[i] = False
+                n[i] = 0
+            for b in range(n_bands):
+                for i in range(w):
+                    cnt[b, i] = 0
+                    pz[b, i] = F0
+            for t in range(t_len):
+                tt = t_units[t]
+                okr = valid[t, y, x0 : x0 + w]
+                for i in range(w):
+                    ok[i] = okr[i]
+                    d = tt - pt[i]
+                    dt[i] = d if d >= min_dt else min_dt
+                for b in range(n_bands):
+                    zr = z[t, b, y, x0 : x0 + w]
+                    pzb = pz[b]
+                    cb = cnt[b]
+                    if t >= 1:
+                        slb = sl[b, t - 1]
+                        sqb = sq[b, t - 1]
+                        for i in range(w):
+                            zv = zr[i]
+                            d = zv - pzb[i]
+                            s = d / dt[i]
+                            q = d * d / TWO
+                            use = ok[i] & has[i]
+                            s_ok = use & (s == s)
+                            slb[i] = s if s_ok else INF32
+                            sqb[i] = q if use & (q == q) else INF32
+                            cb[i] += 1 if s_ok else 0
+                            pzb[i] = zv if ok[i] else pzb[i]
+                    else:
+                        for i in range(w):
+                            pzb[i] = zr[i] if ok[i] else pzb[i]
+                for i in range(w):
+                    pt[i] = tt if ok[i] else pt[i]
+                    has[i] = has[i] | ok[i]
+                    n[i] += 1 if ok[i] else 0
+            for i in range(w):
+                nd = max(n[i] - 1, 0)
+                last[i] = min(max(keep_tab[nd] - 1, 0), m - 1)
+            for b in range(n_bands):
+                _sort_lanes(sl[b], net_i, net_j, w)
+                _sort_lanes(sq[b], net_i, net_j, w)
+                for i in range(w):
+                    total[i] = F0
+                for k in range(m):
+                    sqk = sq[b, k]
+                    for i in range(w):
+                        v = sqk[i]
+                        total[i] = total[i] + (v if (k <= last[i]) & (v < INF32) else F0)
+                for i in range(w):
+                    nd = max(n[i] - 1, 0)
+                    keep = max(keep_tab[nd], 1)
+                    noise = np.sqrt(np.float64(total[i]) / np.float64(keep) / factor_tab[nd])
+                    c = cnt[b, i]
+                    if c > 0:
+                        lo = sl[b, max((c - 1) // 2, 0), i]
+                        hi = sl[b, min(c // 2, m - 1), i]
+                        slope = (lo + hi) / TWO
+                    else:
+                        slope = NAN32
+                    enough = n[i] >= min_obs
+                    out[0, b, y, x0 + i] = np.float32(noise) if enough else NAN32
+                    out[1, b, y, x0 + i] = slope if enough else F0
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-untyped-def]
+    """Rows ``r0:r1`` of ``_excursion_np``: ``stat`` (T, y, x) float32, ``two`` (T, y, x)
+    bool, ``base`` (T, B, y, x) float32.
+
+    Forward pass: ``stat`` holds the step from the previous valid observation (NaN: none),
+    ``base`` the previous observation, ``two`` whether there is one. Backward pass: the step to
+    the next valid observation, and the final values.
+    """
+    t_len, n_bands, _, nx = z.shape
+    L = TILE
+    pz = np.zeros((n_bands, L), np.float32)
+    pv = np.zeros((n_bands, L), np.float32)
+    acc = np.empty(L, np.float32)
+    has = np.zeros(L, np.bool_)
+    ok = np.zeros(L, np.bool_)
+    n = np.zeros(L, np.int64)
+    carry = np.empty(L, np.float32)
+    tw = np.zeros(L, np.bool_)
+    first = np.zeros(L, np.bool_)
+    for y in range(r0, r1):
+        for x0 in range(0, nx, L):
+            w = min(L, nx - x0)
+            for i in range(w):
+                has[i] = False
+                n[i] = 0
+            for b in range(n_bands):
+                for i in range(w):
+                    pz[b, i] = F0
+                    pv[b, i] = F0
+            for t in range(t_len):
+                okr = valid[t, y, x0 : x0 + w]
+                for i in range(w):
+                    ok[i] = okr[i]
+                for b in range(n_bands):
+                    zr = z[t, b, y, x0 : x0 + w]
+                    vr = var[t, b, y, x0 : x0 + w]
+                    br = base[t, b, y, x0 : x0 + w]
+                    pzb = pz[b]
+                    pvb = pv[b]
+                    for i in range(w):
+                        zv = zr[i]
+                        vv = vr[i]
+                        dz = zv - pzb[i]
+                        term = dz * dz / (vv + pvb[i])
+                        acc[i] = term if b == 0 else acc[i] + term
+                        br[i] = pzb[i] if ok[i] else NAN32
+                        pzb[i] = zv if ok[i] else pzb[i]
+                        pvb[i] = vv if ok[i] else pvb[i]
+                sr = stat[t, y, x0 : x0 + w]
+                twr = two[t, y, x0 : x0 + w]
+                for i in range(w):
+                    sr[i] = acc[i] if ok[i] & has[i] else NAN32
+                    twr[i] = has[i] & ok[i]
+                    has[i] = has[i] | ok[i]
+                    n[i] += 1 if ok[i] else 0
+            # backward: pz now holds the next valid observation, ``has`` whether there is one
+            for i in range(w):
+                has[i] = False
+                carry[i] = NAN32
+            for t in range(t_len - 1, -1, -1):
+                okr = valid[t, y, x0 : x0 + w]
+                sr = stat[t, y, x0 : x0 + w]
+                twr = two[t, y, x0 : x0 + w]
+                for i in range(w):
+                    o = okr[i]
+                    ok[i] = o
+                    left = sr[i]
+                    right = carry[i]
+                    both = (left == left) & (right == right)
+                    one = right if left != left else left
+                    st = (left if left <= right else right) if both else one
+                    sr[i] = st if o else NAN32
+                    first[i] = not twr[i]
+                    tw[i] = both & o
+                    twr[i] = both & o
+                    carry[i] = left if o else carry[i]
+                for b in range(n_bands):
+                    zr = z[t, b, y, x0 : x0 + w]
+                    br = base[t, b, y, x0 : x0 + w]
+                    pzb = pz[b]
+                    for i in range(w):
+                        prev = br[i]
+                        nxt = pzb[i]
+                        v = (prev + nxt) * HALF if tw[i] else (nxt if first[i] else prev)
+                        br[i] = v if ok[i] else NAN32
+                        pzb[i] = zr[i] if ok[i] else pzb[i]
+            # a lone observation is compared with the first invalid date (numpy's rank 1)
+            for i in range(w):
+                if n[i] != 1:
+                    continue
+                tv = -1
+                ti = -1
+                for t in range(t_len):
+                    if valid[t, y, x0 + i]:
+                        tv = t
+                    elif ti < 0:
+                        ti = t
+                src = ti if t_len > 1 else tv
+                for b in range(n_bands):
+                    base[tv, b, y, x0 + i] = z[src, b, y, x0 + i]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _change_pass(  # type: ignore[no-untyped-def]
+    z,
+    var,
+    valid,
+    slope,
+    slope_var,
+    t_units,
+    window,
+    strong,
+    y,
+    x0,
+    w,
+    ring,
+    rc,
+    pidx,
+    tbw,
+    iwb,
+    cur,
+    acc,
+    score,
+    n_before,
+    n_after,
+    before_index,
+    mean_before,
+    mean_after,
+):
+    """Step statistic of every break of lanes ``x0:x0 + w`` of row ``y`` (``_step_pass`` of the
+    numpy path, windows bounded by ``strong`` (T, lanes)); writes the six outputs.
+
+    ``ring`` (3, window, B, lanes): weights, weighted values and weighted times of the last
+    (forward) or next (backward) ``rc`` valid observations, nearest first.
+    """
+    t_len, n_bands = z.shape[0], z.shape[1]
+    ok = np.empty(w, np.bool_)
+    for i in range(w):
+        rc[i] = 0
+        pidx[i] = -1
+    for t in range(t_len):
+        tt = t_units[t]
+        okr = valid[t, y, x0 : x0 + w]
+        for i in range(w):
+            ok[i] = okr[i]
+        for b in range(n_bands):
+            zr = z[t, b, y, x0 : x0 + w]
+            vr = var[t, b, y, x0 : x0 + w]
+            slr = slope[b, y, x0 : x0 + w]
+            for i in range(w):
+                zs = zr[i] - slr[i] * tt
+                wv = F1 / vr[i]
+                cur[0, i] = wv
+                cur[1, i] = zs * wv
+                cur[2, i] = wv * tt
+                acc[0, i] = F0
+                acc[1, i] = F0
+                acc[2, i] = F0
+            for j in range(window):
+                for q in range(3):
+                    rq = ring[q, j, b]
+                    aq = acc[q]
+                    for i in range(w):
+                        aq[i] = aq[i] + (rq[i] if j < rc[i] else F0)
+            mbr = mean_before[t, b, y, x0 : x0 + w]
+            for i in range(w):
+                mbr[i] = acc[1, i] / acc[0, i] if ok[i] else NAN32
+                tbw[t, b, i] = acc[2, i] / acc[0, i]
+                iwb[t, b, i] = F1 / acc[0, i]
+            for j in range(window - 1, 0, -1):
+                for q in range(3):
+                    dst = ring[q, j, b]
+                    src = ring[q, j - 1, b]
+                    for i in range(w):
+                        dst[i] = src[i] if ok[i] else dst[i]
+            for q in range(3):
+                dst = ring[q, 0, b]
+                for i in range(w):
+                    dst[i] = cur[q, i] if ok[i] else dst[i]
+        nbr = n_before[t, y, x0 : x0 + w]
+        bir = before_index[t, y, x0 : x0 + w]
+        st = strong[t]
+        for i in range(w):
+            nbr[i] = np.float32(rc[i]) if ok[i] else F0
+            bir[i] = pidx[i] if ok[i] else -1
+            r = 0 if st[i] else rc[i]
+            r = min(r + 1, window)
+            rc[i] = r if ok[i] else rc[i]
+            pidx[i] = t if ok[i] else pidx[i]
+    for i in range(w):
+        rc[i] = 0
+    for t in range(t_len - 1, -1, -1):
+        tt = t_units[t]
+        okr = valid[t, y, x0 : x0 + w]
+        for i in range(w):
+            ok[i] = okr[i]
+            r = min(rc[i] + 1, window)
+            rc[i] = r if ok[i] else rc[i]
+        for b in range(n_bands):
+            zr = z[t, b, y, x0 : x0 + w]
+            vr = var[t, b, y, x0 : x0 + w]
+            slr = slope[b, y, x0 : x0 + w]
+            svr = slope_var[b, y, x0 : x0 + w]
+            for j in range(window - 1, 0, -1):
+                for q in range(3):
+                    dst = ring[q, j, b]
+                    src = ring[q, j - 1, b]
+                    for i in range(w):
+                        dst[i] = src[i] if ok[i] else dst[i]
+            for i in range(w):
+                zs = zr[i] - slr[i] * tt
+                wv = F1 / vr[i]
+                ring[0, 0, b, i] = wv if ok[i] else ring[0, 0, b, i]
+                ring[1, 0, b, i] = zs * wv if ok[i] else ring[1, 0, b, i]
+                ring[2, 0, b, i] = wv * tt if ok[i] else ring[2, 0, b, i]
+                acc[0, i] = F0
+                acc[1, i] = F0
+                acc[2, i] = F0
+            for j in range(window):
+                for q in range(3):
+                    rq = ring[q, j, b]
+                    aq = acc[q]
+                    for i in range(w):
+                        aq[i] = aq[i] + (rq[i] if j < rc[i] else F0)
+            mbr = mean_before[t, b, y, x0 : x0 + w]
+            mar = mean_after[t, b, y, x0 : x0 + w]
+            for i in range(w):
+                wa = acc[0, i]
+                ma = acc[1, i] / wa
+                gap = acc[2, i] / wa - tbw[t, b, i]
+                v = F1 / wa + iwb[t, b, i] + gap * gap * svr[i]
+                d = ma - mbr[i]
+                term = d * d / v
+                cur[0, i] = term if b == 0 else cur[0, i] + term
+                mar[i] = ma if ok[i] else NAN32
+        scr = score[t, y, x0 : x0 + w]
+        nbr = n_before[t, y, x0 : x0 + w]
+        nar = n_after[t, y, x0 : x0 + w]
+        bir = before_index[t, y, x0 : x0 + w]
+        st = strong[t]
+        for i in range(w):
+            na = np.float32(rc[i])
+            good = ok[i] & (bir[i] >= 0) & (nbr[i] > F0) & (na > F0)
+            scr[i] = cur[0, i] if good else NAN32
+            nar[i] = na if ok[i] else F0
+            rc[i] = 0 if ok[i] & st[i] else rc[i]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def change_rows(  # type: ignore[no-untyped-def]
+    z,
+    var,
+    valid,
+    slope,
+    slope_var,
+    t_units,
+    window,
+    threshold,
+    max_changes,
+    score,
+    n_before,
+    n_after,
+    before_index,
+    mean_before,
+    mean_after,
+    r0,
+    r1,
+):
+    """Rows ``r0:r1`` of ``_series_change_np`` (windows of at most ``window`` >= 1 dates;
+    ``threshold`` float32). Outputs: ``score``, ``n_before``, ``n_after`` (T, y, x) float32,
+    ``before_index`` (T, y, x) int16, ``mean_before``, ``mean_after`` (T, B, y, x) float32."""
+    t_len, n_bands, _, nx = z.shape
+    L = TILE
+    ring = np.zeros((3, window, n_bands, L), np.float32)
+    rc = np.zeros(L, np.int64)
+    pidx = np.zeros(L, np.int64)
+    tbw = np.empty((t_len, n_bands, L), np.float32)
+    iwb = np.empty((t_len, n_bands, L), np.float32)
+    cur = np.empty((3, L), np.float32)
+    acc = np.empty((3, L), np.float32)
+    strong = np.zeros((t_len, L), np.bool_)
+    busy = np.empty(nx, np.int64)
+    hit = np.zeros(L, np.bool_)
+    # gathered lanes of the greedy re-pass: inputs and outputs as one row of width L
+    g_z = np.zeros((t_len, n_bands, 1, L), np.float32)
+    g_var = np.ones((t_len, n_bands, 1, L), np.float32)
+    g_ok = np.zeros((t_len, 1, L), np.bool_)
+    g_slope = np.zeros((n_bands, 1, L), np.float32)
+    g_sv = np.zeros((n_bands, 1, L), np.float32)
+    g_score = np.empty((t_len, 1, L), np.float32)
+    g_nb = np.empty((t_len, 1, L), np.float32)
+    g_na = np.empty((t_len, 1, L), np.float32)
+    g_bi = np.empty((t_len, 1, L), np.int16)
+    g_mb = np.empty((t_len, n_bands, 1, L), np.float32)
+    g_ma = np.empty((t_len, n_bands, 1, L), np.float32)
+    for y in range(r0, r1):
+        n_busy = 0
+        for x0 in range(0, nx, L):
+            w = min(L, nx - x0)
+            strong[:, :w] = False
+            _change_pass(
+                z,
+                var,
+                valid,
+                slope,
+                slope_var,
+                t_units,
+                window,
+                strong,
+                y,
+                x0,
+                w,
+                ring,
+                rc,
+                pidx,
+                tbw,
+                iwb,
+                cur,
+                acc,
+                score,
+                n_before,
+                n_after,
+                before_index,
+                mean_before,
+                mean_after,
+            )
+            for i in range(w):
+                hit[i] = False
+            for t in range(t_len):
+                scr = score[t, y, x0 : x0 + w]
+                for i in range(w):
+                    hit[i] = hit[i] | (scr[i] >= threshold)
+            for i in range(w):
+                if hit[i]:
+                    busy[n_busy] = x0 + i
+                    n_busy += 1
+        for c0 in range(0, n_busy, L):
+            w = min(L, n_busy - c0)
+            for i in range(w):
+                x = busy[c0 + i]
+                for t in range(t_len):
+                    g_ok[t, 0, i] = valid[t, y, x]
+                    g_score[t, 0, i] = score[t, y, x]
+                    strong[t, i] = False
+                    for b in range(n_bands):
+                        g_z[t, b, 0, i] = z[t, b, y, x]
+                        g_var[t, b, 0, i] = var[t, b, y, x]
+                for b in range(n_bands):
+                    g_slope[b, 0, i] = slope[b, y, x]
+                    g_sv[b, 0, i] = slope_var[b, y, x]
+            for _ in range(max_changes):
+                added = False
+                for i in range(w):
+                    best = -1
+                    best_g = -INF32
+                    for t in range(t_len):
+                        c = g_score[t, 0, i]
+                        if not strong[t, i] and c == c and c > best_g:
+                            best_g = c
+                            best = t
+                    if best >= 0 and best_g >= threshold:
+                        strong[best, i] = True
+                        added = True
+                if not added:
+                    break
+                _change_pass(
+                    g_z,
+                    g_var,
+                    g_ok,
+                    g_slope,
+                    g_sv,
+                    t_units,
+                    window,
+                    strong,
+                    0,
+                    0,
+                    w,
+                    ring,
+                    rc,
+                    pidx,
+                    tbw,
+                    iwb,
+                    cur,
+                    acc,
+                    g_score,
+                    g_nb,
+                    g_na,
+                    g_bi,
+                    g_mb,
+                    g_ma,
+                )
+                for i in range(w):
+                    x = busy[c0 + i]
+                    for t in range(t_len):
+                        score[t, y, x] = g_score[t, 0, i]
+                        n_before[t, y, x] = g_nb[t, 0, i]
+                        n_after[t, y, x] = g_na[t, 0, i]
+                        before_index[t, y, x] = g_bi[t, 0, i]
+                        for b in range(n_bands):
+                            mean_before[t, b, y, x] = g_mb[t, b, 0, i]
+                            mean_after[t, b, y, x] = g_ma[t, b, 0, i]

@@ -1,21 +1,32 @@
 """Benchmark of the change core and the out-of-core detect stage (prints JSON).
 
-Run from the project root (``make bench``; about 5 minutes on 2 shared cores)::
+Run from the project root (``make bench``; about 15 minutes on 2 shared cores)::
 
     .venv/bin/python benchmarks/bench_core.py [--sizes 1024,2048,4096,10980] [--dates 2,24]
+        [--methods pairwise,multidate] [--all]
 
-Each run is one (size, dates) configuration, measured in a fresh subprocess (so its peak
-resident memory, ``VmHWM``, is its own) on generated data
+Each run is one (method, size, dates) configuration, measured in a fresh subprocess (so its peak
+resident memory, ``VmHWM``, is its own); every row has a ``method`` field: ``pairwise`` or
+``multidate`` (the stage's ``method``, :mod:`pipeline.stages.tile_series`). The multi-date full
+tile over 24 dates is left out while the multi-date statistics are plain numpy (about 20 minutes
+alone; ``--all`` runs it). Data: generated
 (:class:`pipeline.simulate.tile.SyntheticStack`: land-cover scene, per-date gain/offset, noise,
 clouds and one planted object per 256 x 256 px, each removed or appeared at one date):
 
 1. **Stage.** After a warm-up (the same stage on a 64 x 64 stack: imports, numba kernels
    compiled or loaded from the cache), :func:`pipeline.stages.tile.detect_tile` over the whole
    ``size`` x ``size`` x 4-band x ``dates`` stack, read lazily window by window (it is never
-   held: 24 dates of a full tile are 46 GB of float32), 1024 px chunks, dask threads (2).
-   ``seconds`` is its wall time, ``peak_rss_mb`` the process peak right after it. ``recall``
-   counts the planted changes found with the right sign.
-2. **Core.** Then, in the same process, after a warm-up, the fused change core
+   held: 24 dates of a full tile are 46 GB of float32), 1024 px chunks (multidate: 512, each
+   task holds every date of its chunk), dask threads (2).
+   ``seconds`` is its wall time, ``peak_rss_mb`` the process peak right after it,
+   ``stage_seconds`` its steps (``sample``, ``stream``, ``objects``; multidate also the time its
+   tasks spent, summed over tasks, reading or generating the data, on the statistics and on
+   labelling: ``stream_task_*``). ``recall`` counts the planted changes found with the right
+   sign.
+2. **Multi-date core.** For ``multidate`` rows, the dict of ``multidate_core(size, dates,
+   seed)`` (the per-pixel multi-date statistics against copy bandwidth and against the
+   in-memory reference) is merged in when this file defines it; nothing else follows.
+3. **Core** (``pairwise`` rows). Then, in the same process, after a warm-up, the fused change core
    (:func:`pipeline.kernels.scale.fused.change_core`, full noise model as the stage runs it) on the
    stage's last date pair over a 4096 x 4096 window (a smaller grid is tiled up to it, so that the
    inputs, 600 MB, stream from memory and not from the L3 cache): the before view is the

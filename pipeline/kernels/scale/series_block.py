@@ -44,7 +44,10 @@ alone, or that needs the whole cube):
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -68,10 +71,15 @@ __all__ = [
     "series_classes",
     "stats_align_px",
     "stats_reach_px",
+    "strip_rows",
 ]
 
 NOT_SCORED = np.uint8(255)
 """Class of a pixel with no break at a date."""
+
+STRIP_PX = 16_384
+"""Pixels per strip of the per-pixel statistics (their temporaries, some 25 arrays of
+``T x B`` float32 per pixel, stay near 160 MB at 24 dates and 4 bands)."""
 
 
 @dataclass(frozen=True)
@@ -127,12 +135,36 @@ def stats_reach_px(cfg: DetectConfig) -> int:
     return max(1, block * (BACKGROUND_WINDOW_BLOCKS // 2 + 1) + block)
 
 
+def _engine(func: Callable[..., Any]) -> dict[str, str]:
+    """``engine="numba"`` for a statistic that offers it (the compiled engine of
+    :mod:`pipeline.kernels.detect.multidate`), nothing for one that does not."""
+    return {"engine": "numba"} if "engine" in inspect.signature(func).parameters else {}
+
+
+def strip_rows(width: int) -> int:
+    """Rows of a strip of about :data:`STRIP_PX` pixels in a block ``width`` wide."""
+    return max(1, STRIP_PX // max(width, 1))
+
+
+def _strips(ny: int, width: int) -> list[slice]:
+    step = strip_rows(width)
+    return [slice(r, min(r + step, ny)) for r in range(0, ny, step)]
+
+
 def _drift(
     z: np.ndarray, valid: np.ndarray, days: np.ndarray, cfg: DetectConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Series noise floor, smoothed drift rate and its variance, each (B, y, x): the site
-    detector's (``pipeline.kernels.detect.core``)."""
-    px_noise, slope = multidate.series_noise(z, valid, days, trim=cfg.series_noise_trim)
+    detector's (``pipeline.kernels.detect.core``), the per-pixel part strip by strip."""
+    n_bands, ny, nx = z.shape[1:]
+    px_noise = np.empty((n_bands, ny, nx), np.float32)
+    slope = np.empty((n_bands, ny, nx), np.float32)
+    kw = _engine(multidate.series_noise)
+    for rows in _strips(ny, nx):
+        noise_s, slope_s = multidate.series_noise(
+            z[:, :, rows], valid[:, rows], days, trim=cfg.series_noise_trim, **kw
+        )
+        px_noise[:, rows], slope[:, rows] = noise_s, slope_s
     px_noise = np.nan_to_num(px_noise, nan=0.0)
     floor = np.maximum(px_noise, ndimage.median_filter(px_noise, size=(1, 3, 3)))
     if not cfg.drift:
@@ -143,10 +175,52 @@ def _drift(
     return floor, smooth, np.full(smooth.shape, sd**2, dtype=np.float32)
 
 
+def _strip_series(
+    z: np.ndarray,
+    valid: np.ndarray,
+    factor: np.ndarray,
+    floor: np.ndarray,
+    slope: np.ndarray,
+    slope_var: np.ndarray,
+    params: SeriesParams,
+    cfg: DetectConfig,
+) -> tuple[multidate.SeriesChange, np.ndarray]:
+    """Excursions left out, then the step test, on one strip (every input is the strip's)."""
+    var = np.maximum(factor[:, :, None, None], (floor**2)[None]).astype(np.float32)
+    used = valid.copy()
+    if cfg.excursion_mask:
+        level = float(chi2.isf(cfg.excursion_false_alarm_rate, z.shape[1]))
+        kw = _engine(multidate.excursion_stat)
+        for _ in range(max(1, cfg.excursion_passes)):
+            stat, two, _base = multidate.excursion_stat(z, var, used, **kw)
+            with np.errstate(invalid="ignore"):
+                drop = used & two & (stat >= level)
+            del stat, two, _base
+            if not drop.any():
+                break
+            used &= ~drop
+    sc = multidate.series_change(
+        z,
+        var,
+        used,
+        params.days,
+        slope=slope,
+        slope_var=slope_var,
+        window=cfg.window_dates,
+        threshold=params.seed_threshold,
+        max_changes=cfg.max_changes,
+        **_engine(multidate.series_change),
+    )
+    return sc, used
+
+
 def block_series(
     bands: np.ndarray, valid: np.ndarray, params: SeriesParams, cfg: DetectConfig
 ) -> BlockSeries:
     """The multi-date statistics of one block (step 2 of the module docstring).
+
+    The per-pixel statistics run on strips of about :data:`STRIP_PX` pixels, so their
+    temporaries are the strip's; the block holds its standardised series and the outputs.
 
     Parameters
     ----------
@@ -174,35 +248,33 @@ def block_series(
     np.copyto(z, np.float32(np.nan), where=~valid[:, None])
     factor = np.maximum((params.date_sigma / params.sigma[None]) ** 2, 1.0).astype(np.float32)
     floor, slope, slope_var = _drift(z, valid, params.days, cfg)
-    var = np.maximum(factor[:, :, None, None], (floor**2)[None]).astype(np.float32)
-    used = valid.copy()
-    if cfg.excursion_mask:
-        level = float(chi2.isf(cfg.excursion_false_alarm_rate, z.shape[1]))
-        for _ in range(max(1, cfg.excursion_passes)):
-            stat, two, _base = multidate.excursion_stat(z, var, used)
-            with np.errstate(invalid="ignore"):
-                drop = used & two & (stat >= level)
-            del stat, two, _base
-            if not drop.any():
-                break
-            used &= ~drop
-    sc = multidate.series_change(
-        z,
-        var,
-        used,
-        params.days,
-        slope=slope,
-        slope_var=slope_var,
-        window=cfg.window_dates,
-        threshold=params.seed_threshold,
-        max_changes=cfg.max_changes,
-    )
-    score = np.asarray(sc.score, dtype=np.float32) / np.float32(params.null_scale)
+    t_len, _, ny, nx = z.shape
+    score = np.empty((t_len, ny, nx), np.float32)
+    mean_before = np.empty(z.shape, np.float32)
+    mean_after = np.empty(z.shape, np.float32)
+    before_index = np.empty((t_len, ny, nx), np.int16)
+    used = np.empty(valid.shape, bool)
+    scale = np.float32(params.null_scale)
+    for rows in _strips(ny, nx):
+        sc, used[:, rows] = _strip_series(
+            z[:, :, rows],
+            valid[:, rows],
+            factor,
+            floor[:, rows],
+            slope[:, rows],
+            slope_var[:, rows],
+            params,
+            cfg,
+        )
+        score[:, rows] = np.asarray(sc.score, dtype=np.float32) / scale
+        mean_before[:, :, rows] = sc.mean_before * s
+        mean_after[:, :, rows] = sc.mean_after * s
+        before_index[:, rows] = sc.before_index
     return BlockSeries(
-        score=score.astype(np.float32),
-        mean_before=(sc.mean_before * s).astype(np.float32),
-        mean_after=(sc.mean_after * s).astype(np.float32),
-        before_index=np.asarray(sc.before_index, dtype=np.int16),
+        score=score,
+        mean_before=mean_before,
+        mean_after=mean_after,
+        before_index=before_index,
         used=used,
     )
 

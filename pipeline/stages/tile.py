@@ -500,7 +500,7 @@ def detect_tile(
             region_tests=series,
         )
         features += found
-        summary = {"date_before": dates[k], "date_after": dates[k + 1]}
+        summary: dict[str, Any] = {"date_before": dates[k], "date_after": dates[k + 1]}
         if fitted is not None:
             summary.update(
                 gain=[round(float(v), 5) for v in fitted.gain[k + 1]],

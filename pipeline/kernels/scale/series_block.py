@@ -135,7 +135,7 @@ def stats_reach_px(cfg: DetectConfig) -> int:
     return max(1, block * (BACKGROUND_WINDOW_BLOCKS // 2 + 1) + block)
 
 
-def _engine(func: Callable[..., Any]) -> dict[str, str]:
+def _engine(func: Callable[..., Any]) -> dict[str, Any]:
     """``engine="numba"`` for a statistic that offers it (the compiled engine of
     :mod:`pipeline.kernels.detect.multidate`), nothing for one that does not."""
     return {"engine": "numba"} if "engine" in inspect.signature(func).parameters else {}

@@ -1,21 +1,32 @@
 """Benchmark of the change core and the out-of-core detect stage (prints JSON).
 
-Run from the project root (``make bench``; about 5 minutes on 2 shared cores)::
+Run from the project root (``make bench``; about 15 minutes on 2 shared cores)::
 
     .venv/bin/python benchmarks/bench_core.py [--sizes 1024,2048,4096,10980] [--dates 2,24]
+        [--methods pairwise,multidate] [--all]
 
-Each run is one (size, dates) configuration, measured in a fresh subprocess (so its peak
-resident memory, ``VmHWM``, is its own) on generated data
+Each run is one (method, size, dates) configuration, measured in a fresh subprocess (so its peak
+resident memory, ``VmHWM``, is its own); every row has a ``method`` field: ``pairwise`` or
+``multidate`` (the stage's ``method``, :mod:`pipeline.stages.tile_series`). The multi-date full
+tile over 24 dates is left out while the multi-date statistics are plain numpy (about 20 minutes
+alone; ``--all`` runs it). Data: generated
 (:class:`pipeline.simulate.tile.SyntheticStack`: land-cover scene, per-date gain/offset, noise,
 clouds and one planted object per 256 x 256 px, each removed or appeared at one date):
 
 1. **Stage.** After a warm-up (the same stage on a 64 x 64 stack: imports, numba kernels
    compiled or loaded from the cache), :func:`pipeline.stages.tile.detect_tile` over the whole
    ``size`` x ``size`` x 4-band x ``dates`` stack, read lazily window by window (it is never
-   held: 24 dates of a full tile are 46 GB of float32), 1024 px chunks, dask threads (2).
-   ``seconds`` is its wall time, ``peak_rss_mb`` the process peak right after it. ``recall``
-   counts the planted changes found with the right sign.
-2. **Core.** Then, in the same process, after a warm-up, the fused change core
+   held: 24 dates of a full tile are 46 GB of float32), 1024 px chunks (multidate: 512, each
+   task holds every date of its chunk), dask threads (2).
+   ``seconds`` is its wall time, ``peak_rss_mb`` the process peak right after it,
+   ``stage_seconds`` its steps (``sample``, ``stream``, ``objects``; multidate also the time its
+   tasks spent, summed over tasks, reading or generating the data, on the statistics and on
+   labelling: ``stream_task_*``). ``recall`` counts the planted changes found with the right
+   sign.
+2. **Multi-date core.** For ``multidate`` rows, the dict of ``multidate_core(size, dates,
+   seed)`` (the per-pixel multi-date statistics against copy bandwidth and against the
+   in-memory reference) is merged in when this file defines it; nothing else follows.
+3. **Core** (``pairwise`` rows). Then, in the same process, after a warm-up, the fused change core
    (:func:`pipeline.kernels.scale.fused.change_core`, full noise model as the stage runs it) on the
    stage's last date pair over a 4096 x 4096 window (a smaller grid is tiled up to it, so that the
    inputs, 600 MB, stream from memory and not from the L3 cache): the before view is the
@@ -62,6 +73,12 @@ SIZES = (1024, 2048, 4096, 10980)
 
 DATES = (2, 24)
 """Stack lengths of the runs."""
+
+METHODS = ("pairwise", "multidate")
+"""Methods of the detect stage measured (``method`` field of every row)."""
+
+LONG_RUN_PIXEL_DATES = 4096 * 4096 * 24
+"""Multi-date runs past this many pixel-dates are left out while its statistics are numpy."""
 
 CORE_WINDOW_PX = 4096
 """Largest window of the in-memory core measurement."""
@@ -160,22 +177,80 @@ def last_pair(stack: Any, size: int, params: list[Any]) -> tuple[np.ndarray, ...
     return prev, after, prev_ok, after_ok, prev_idx
 
 
-def child(size: int, dates: int, seed: int) -> dict[str, Any]:
-    """One run (see the module docstring), in this process."""
+def multidate_engine() -> str:
+    """``numba`` when the multi-date statistics offer the compiled engine, else ``numpy``."""
+    import inspect
+
+    from pipeline.kernels.detect.multidate import series_change
+
+    return "numba" if "engine" in inspect.signature(series_change).parameters else "numpy"
+
+
+def _multidate_core() -> Any:
+    """``multidate_core(size, dates, seed)`` of this file, or None while it does not exist.
+
+    Run as a script, this file's functions after its ``__main__`` guard are not defined yet
+    when :func:`main` runs: they are found by importing the file as a module."""
+    if "multidate_core" in globals():
+        return globals()["multidate_core"]
+    import importlib
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    return getattr(importlib.import_module(Path(__file__).stem), "multidate_core", None)
+
+
+def stage_run(size: int, dates: int, seed: int, method: str) -> tuple[dict[str, Any], Any, Any]:
+    """The detect stage of ``method`` over a generated stack (step 1 of the module docstring).
+
+    Returns the row's stage fields, the stack and the :class:`TileResult`."""
     from pipeline.config import DetectConfig
-    from pipeline.kernels.scale.change import change_core
     from pipeline.simulate.tile import SyntheticStack
+    from pipeline.stages.tile import CHUNK_PX as METHOD_CHUNK_PX
     from pipeline.stages.tile import detect_tile
 
     cfg = DetectConfig()
-    warm = SyntheticStack((64, 64), 2, seed=seed, object_spacing_px=32, period_px=61)
-    detect_tile(warm, cfg, chunk_px=CHUNK_PX, n_threads=THREADS)
+    chunk = CHUNK_PX if method == "pairwise" else METHOD_CHUNK_PX[method]
+    warm = SyntheticStack((64, 64), dates, seed=seed, object_spacing_px=32, period_px=61)
+    detect_tile(warm, cfg, method=method, chunk_px=chunk, n_threads=THREADS)
     stack = SyntheticStack((size, size), dates, seed=seed)
     start = time.perf_counter()
-    result = detect_tile(stack, cfg, chunk_px=CHUNK_PX, n_threads=THREADS)
+    result = detect_tile(stack, cfg, method=method, chunk_px=chunk, n_threads=THREADS)
     seconds = time.perf_counter() - start
     stage_peak = peak_rss_mb()
     input_bytes = size * size * dates * (4 * stack.n_bands + 1)
+    row = {
+        "method": method,
+        "pixels": size * size,
+        "size_px": size,
+        "dates": dates,
+        "bands": stack.n_bands,
+        "seconds": round(seconds, 3),
+        "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+        "mpix_dates_per_s": round(size * size * dates / seconds / 1e6, 3),
+        "stage_gbps": round(input_bytes / seconds / 1e9, 4),
+        "peak_rss_mb": round(stage_peak, 1),
+        "objects": len(result.features),
+        "planted_changes": len(stack.objects()),
+        "recall": round(recall(stack, result.features), 3),
+        "threads": THREADS,
+        "chunk_px": chunk,
+    }
+    if method == "multidate":
+        row["engine"] = multidate_engine()
+    return row, stack, result
+
+
+def child(size: int, dates: int, seed: int, method: str = "pairwise") -> dict[str, Any]:
+    """One run (see the module docstring), in this process."""
+    from pipeline.kernels.scale.change import change_core
+
+    stage, stack, result = stage_run(size, dates, seed, method)
+    if method == "multidate":
+        core = _multidate_core()
+        if core is not None:
+            stage.update(core(size, dates, seed))
+        stage["peak_rss_mb_with_core_measure"] = round(peak_rss_mb(), 1)
+        return stage
 
     w = min(size, CORE_WINDOW_PX)
     params = result.params[-1]
@@ -220,14 +295,7 @@ def child(size: int, dates: int, seed: int) -> dict[str, Any]:
         lambda: change_core(*sub[:4], params, before_index=sub[4], engine="numpy")
     )
     return {
-        "pixels": size * size,
-        "size_px": size,
-        "dates": dates,
-        "bands": stack.n_bands,
-        "seconds": round(seconds, 3),
-        "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
-        "mpix_dates_per_s": round(size * size * dates / seconds / 1e6, 3),
-        "stage_gbps": round(input_bytes / seconds / 1e9, 4),
+        **stage,
         "core_pixels": w * w,
         "core_threads": threads,
         "core_seconds": round(core_s, 5),
@@ -247,14 +315,20 @@ def child(size: int, dates: int, seed: int) -> dict[str, Any]:
         "core_mpix_per_s": round(w * w / core_s / 1e6, 1),
         "reference_peak_alloc_mb": round(ref_alloc, 1),
         "core_peak_alloc_mb": round(core_alloc, 1),
-        "peak_rss_mb": round(stage_peak, 1),
         "peak_rss_mb_with_core_measure": round(peak_rss_mb(), 1),
-        "objects": len(result.features),
-        "planted_changes": len(stack.objects()),
-        "recall": round(recall(stack, result.features), 3),
-        "threads": THREADS,
-        "chunk_px": CHUNK_PX,
     }
+
+
+def skipped(method: str, size: int, dates: int, run_all: bool) -> bool:
+    """Whether ``make bench`` leaves a run out: the full tile over 24 dates of the multi-date
+    method while its statistics are plain numpy (about 20 minutes on 2 shared cores; it is
+    extrapolated from the 4096 px run instead). ``--all`` runs it."""
+    return (
+        not run_all
+        and method == "multidate"
+        and size * size * dates > LONG_RUN_PIXEL_DATES
+        and multidate_engine() == "numpy"
+    )
 
 
 def main() -> None:
@@ -262,44 +336,57 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--dates", default=",".join(map(str, DATES)))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--all", action="store_true", help="also the runs left out by default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     ap.add_argument("--child", nargs=2, type=int, metavar=("SIZE", "DATES"), help=argparse.SUPPRESS)
+    ap.add_argument("--method", default="pairwise", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child, seed=args.seed)))
+        print(json.dumps(child(*args.child, seed=args.seed, method=args.method)))
         return
     runs = []
     begin = time.perf_counter()
-    for dates in map(int, args.dates.split(",")):
-        for size in map(int, args.sizes.split(",")):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                str(size),
-                str(dates),
-                "--seed",
-                str(args.seed),
-            ]
-            start = time.perf_counter()
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
-            if out.returncode != 0:
-                sys.stderr.write(out.stderr[-3000:])
-                raise SystemExit(f"run {size} px x {dates} dates failed (exit {out.returncode})")
-            run = json.loads(out.stdout.strip().splitlines()[-1])
-            run["machine"] = cpu_name()
-            run["run_seconds"] = round(time.perf_counter() - start, 1)
-            runs.append(run)
-            sys.stderr.write(
-                f"{size:>6} px x {dates:>2} dates: stage {run['seconds']:8.1f} s, "
-                f"peak {run['peak_rss_mb']:7.0f} MiB, core/copy {run['ratio_to_copy']:.2f}, "
-                f"x{run['speedup_vs_reference']:.0f} vs reference, recall {run['recall']:.2f} "
-                f"({time.perf_counter() - start:.0f} s)\n"
-            )
-            write_json(args.out, runs)  # keep what is measured so far
+    for method in args.methods.split(","):
+        for dates in map(int, args.dates.split(",")):
+            for size in map(int, args.sizes.split(",")):
+                if skipped(method, size, dates, args.all):
+                    sys.stderr.write(
+                        f"{size:>6} px x {dates:>2} dates, {method}: left out (numpy statistics; "
+                        "--all runs it)\n"
+                    )
+                    continue
+                runs.append(one_run(method, size, dates, args.seed))
+                write_json(args.out, runs)  # keep what is measured so far
     sys.stderr.write(f"all runs: {time.perf_counter() - begin:.0f} s, results in {args.out}\n")
     print(json.dumps(runs, indent=1))
+
+
+def one_run(method: str, size: int, dates: int, seed: int) -> dict[str, Any]:
+    """One configuration in a fresh subprocess (its own peak memory), with a progress line."""
+    cmd = [sys.executable, __file__, "--child", str(size), str(dates), "--seed", str(seed)]
+    cmd += ["--method", method]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr[-3000:])
+        raise SystemExit(f"run {method} {size} px x {dates} dates failed (exit {out.returncode})")
+    run = json.loads(out.stdout.strip().splitlines()[-1])
+    run["machine"] = cpu_name()
+    run["run_seconds"] = round(time.perf_counter() - start, 1)
+    core = ""
+    if "ratio_to_copy" in run:
+        core = (
+            f", core/copy {run['ratio_to_copy']:.2f}, "
+            f"x{run['speedup_vs_reference']:.0f} vs reference"
+        )
+    sys.stderr.write(
+        f"{size:>6} px x {dates:>2} dates, {method}: stage {run['seconds']:8.1f} s, "
+        f"peak {run['peak_rss_mb']:7.0f} MiB{core}, recall {run['recall']:.2f} "
+        f"({run['run_seconds']:.0f} s)\n"
+    )
+    return run
 
 
 if __name__ == "__main__":

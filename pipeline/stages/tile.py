@@ -1,14 +1,16 @@
 """The detect stage over a whole tile and a long stack, in memory bounded by the chunk size.
 
-:func:`detect_tile` runs the **pairwise** statistic (:mod:`pipeline.kernels.detect.pairwise`, the
-``pairwise`` method of :mod:`pipeline.kernels.detect.core`): each date against the last valid view
-of each pixel, with robust radiometry and noise, a chi-square score, false-alarm-rate thresholds
-with hysteresis, signed objects and polygons. It does **not** run the multi-date test that is the
-site pipeline's default (``detect.method: multidate``, :mod:`pipeline.kernels.detect.multidate`:
-every valid observation of a pixel, windows before and after each break); that test needs each
-pixel's whole series, this stage holds one date at a time. It works on a stack it never holds: it
-reads windows through a :class:`StackReader` (a zarr or dask-backed cube: :class:`CubeReader`;
-generated data: :class:`pipeline.simulate.tile.SyntheticStack`).
+:func:`detect_tile` runs one of two methods (``method=``). ``multidate`` is the site pipeline's
+default test (every valid observation of a pixel, windows before and after each break) on each
+chunk's whole series: :mod:`pipeline.stages.tile_series` says how, and
+:mod:`pipeline.kernels.scale.series_block` what it leaves out of the site detector. ``pairwise``
+(the default here, described below) runs the **pairwise** statistic
+(:mod:`pipeline.kernels.detect.pairwise`, the ``pairwise`` method of
+:mod:`pipeline.kernels.detect.core`): each date against the last valid view of each pixel, with
+robust radiometry and noise, a chi-square score, false-alarm-rate thresholds with hysteresis,
+signed objects and polygons; it holds one date at a time. Both work on a stack they never hold:
+they read windows through a :class:`StackReader` (a zarr or dask-backed cube:
+:class:`CubeReader`; generated data: :class:`pipeline.simulate.tile.SyntheticStack`).
 
 1. **Radiometry from a sample.** Small windows spread over the tile (about ``max_sample_px``
    pixels) are read for every date; on them, date by date, the last valid view is carried
@@ -41,14 +43,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import dask
 import numpy as np
 from affine import Affine
+from scipy import ndimage
 
 from pipeline.config import DetectConfig
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.io.tile_read import CubeReader, StackReader, read_sample, read_window, sample_windows
 from pipeline.kernels.detect.normalise import fit_radiometry, null_scale
 from pipeline.kernels.detect.objects import region_features
@@ -56,6 +59,7 @@ from pipeline.kernels.detect.pairwise import thresholds
 from pipeline.kernels.detect.segment import object_properties, segment_pair
 from pipeline.kernels.scale.change import change_core
 from pipeline.kernels.scale.fused import CoreParams, core_params, update_last_view
+from pipeline.kernels.scale.series_block import SeriesParams, stats_align_px
 from pipeline.kernels.scale.tile_label import (
     Candidates,
     Window,
@@ -65,8 +69,20 @@ from pipeline.kernels.scale.tile_label import (
     sparse_components,
     window_grid,
 )
+from pipeline.stages.tile_series import fit_sample, stream_series_chunk
 
-__all__ = ["CubeReader", "StackReader", "TileResult", "detect_tile", "fit_pairs", "stream_chunk"]
+__all__ = [
+    "CHUNK_PX",
+    "CubeReader",
+    "StackReader",
+    "TileResult",
+    "detect_tile",
+    "fit_pairs",
+    "stream_chunk",
+]
+
+CHUNK_PX = {"pairwise": 1024, "multidate": 512}
+"""Default chunk side of each method: a multi-date task holds every date of its chunk."""
 
 GROUP_PX = 128
 """Regions whose first pixel lies in one cell of this side are cut into objects together (a
@@ -84,7 +100,13 @@ class TileResult:
     params: list[CoreParams] = field(default_factory=list)
     """Per pair, the fitted parameters of the change core."""
     seconds: dict[str, float] = field(default_factory=dict)
-    """Wall time of each step: ``sample``, ``stream``, ``objects``."""
+    """Wall time of each step: ``sample``, ``stream``, ``objects``; for the multi-date method
+    also the task time (summed over tasks) of the stream's parts: ``stream_task_read``,
+    ``stream_task_statistics``, ``stream_task_labels``."""
+    method: str = "pairwise"
+    """The method run."""
+    series: SeriesParams | None = None
+    """The multi-date method's fitted radiometry (None for the pairwise method)."""
 
 
 def fit_pairs(bands: np.ndarray, valid: np.ndarray, cfg: DetectConfig) -> list[CoreParams]:
@@ -224,6 +246,10 @@ def pair_objects(
     *,
     group_px: int,
     offset: int,
+    levels: tuple[float, float] | None = None,
+    split_fraction: float | None = None,
+    weighted: bool = False,
+    region_tests: bool = False,
 ) -> list[dict]:
     """Signed objects and their polygons from one pair's candidates (step 3).
 
@@ -247,6 +273,17 @@ def pair_objects(
         Regions whose first pixel falls in one cell of this side are cut together.
     offset
         Labels already given (the first object is ``offset + 1``).
+    levels
+        Seed and grow thresholds (None: the pairwise ones,
+        :func:`pipeline.kernels.detect.pairwise.thresholds`).
+    split_fraction
+        Sign split fraction of :func:`pipeline.kernels.detect.segment.segment_pair` (None:
+        ``cfg.sign_split_fraction``).
+    weighted
+        Sign vote weighted by score x margin (the multi-date method's).
+    region_tests
+        Keep only objects with ``cfg.min_seed_pixels`` seeds and, with ``cfg.region_mean_test``,
+        a mean score at the seed level (the multi-date method's region tests).
 
     Returns
     -------
@@ -254,7 +291,8 @@ def pair_objects(
         GeoJSON Features.
     """
     n_bands = reader.n_bands
-    seed_thr, grow_thr = thresholds(cfg, n_bands)
+    seed_thr, grow_thr = levels if levels is not None else thresholds(cfg, n_bands)
+    split = cfg.sign_split_fraction if split_fraction is None else split_fraction
     comp = sparse_components(cands.rows, cands.cols, reader.shape[1])
     if comp.size == 0:
         return []
@@ -281,8 +319,10 @@ def pair_objects(
         before_idx = np.zeros(shape, dtype=np.int16)
         score[rr, cc], removed[rr, cc], before_idx[rr, cc] = g.score, g.removed, g.before_index
         labels, kinds, seed = segment_pair(
-            score, removed, seed_thr, grow_thr, min_pixels, cfg.sign_split_fraction
+            score, removed, seed_thr, grow_thr, min_pixels, split, weighted=weighted
         )
+        if region_tests:
+            labels, kinds = _region_tests(labels, kinds, seed, score, seed_thr, cfg)
         if len(kinds) == 0:
             continue
         base = offset + len(features)
@@ -305,6 +345,32 @@ def pair_objects(
     return features
 
 
+def _region_tests(
+    labels: np.ndarray,
+    kinds: np.ndarray,
+    seed: np.ndarray,
+    score: np.ndarray,
+    seed_thr: float,
+    cfg: DetectConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Objects passing the multi-date region tests of the site detector (``region_mean_test``:
+    mean score at the seed level; ``min_seed_pixels``), renumbered 1..n in order."""
+    n = len(kinds)
+    if n == 0:
+        return labels, kinds
+    ids = np.arange(1, n + 1)
+    keep = np.ones(n, dtype=bool)
+    if cfg.region_mean_test:
+        keep &= np.asarray(ndimage.mean(np.nan_to_num(score), labels, ids)) >= seed_thr
+    if cfg.min_seed_pixels > 1:
+        keep &= np.bincount(labels[seed], minlength=n + 1)[1:] >= cfg.min_seed_pixels
+    if keep.all():
+        return labels, kinds
+    new_id = np.zeros(n + 1, dtype=np.int32)
+    new_id[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return new_id[labels], kinds[keep]
+
+
 def _halo_px(cfg: DetectConfig) -> int:
     """Window margin: the removal-margin crops (reach, snapped to the block grid) inside the
     trusted part (one pixel less), rounded up to 8 px."""
@@ -316,7 +382,8 @@ def detect_tile(
     reader: StackReader,
     cfg: DetectConfig,
     *,
-    chunk_px: int = 1024,
+    method: Literal["pairwise", "multidate"] = "pairwise",
+    chunk_px: int | None = None,
     site: str = "tile",
     client: Any = None,
     n_threads: int | None = None,
@@ -329,8 +396,13 @@ def detect_tile(
         The stack (see :class:`StackReader`).
     cfg
         Detection parameters.
+    method
+        ``pairwise``: each date against the last valid view (this module's docstring);
+        ``multidate``: the multi-date test on each chunk's whole series
+        (:mod:`pipeline.stages.tile_series`). Pass ``cfg.method`` to follow the config.
     chunk_px
-        Side of the spatial chunks (each task holds a few windows of this side plus a margin).
+        Side of the spatial chunks (None: :data:`CHUNK_PX` of the method). A pairwise task
+        holds a few windows of this side plus a margin; a multi-date task every date of one.
     site
         Name used in object ids.
     client
@@ -347,11 +419,23 @@ def detect_tile(
     ------
     DataError
         When the stack has fewer than 2 dates or a grid smaller than 2 x 2.
+    ConfigError
+        When ``method`` is unknown, or a multi-date ``chunk_px`` is not a multiple of the
+        drift smoothing's block.
     """
+    if method not in CHUNK_PX:
+        raise ConfigError(f"tile method {method!r} is unknown: use 'pairwise' or 'multidate'")
     if reader.n_dates < 2:
         raise DataError(f"stack has {reader.n_dates} date(s): need at least 2 to find change")
     if min(reader.shape) < 2:
         raise DataError(f"grid of {reader.shape}: need at least 2 x 2 pixels")
+    chunk_px = CHUNK_PX[method] if chunk_px is None else chunk_px
+    series = method == "multidate"
+    if series and chunk_px % stats_align_px(cfg):
+        raise ConfigError(
+            f"chunk_px {chunk_px} is not a multiple of the drift block "
+            f"({stats_align_px(cfg)} px, from detect.drift_window_px): choose another chunk size"
+        )
     transform = reader.transform
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
     min_px = max(1, math.ceil(cfg.min_area_m2 / pixel_area - 1e-9))
@@ -366,42 +450,87 @@ def detect_tile(
     reader_d = dask.delayed(reader, pure=True)
     windows = sample_windows(reader.shape, cfg.max_sample_px)
     samples = run([dask.delayed(read_sample)(reader_d, t, windows) for t in range(reader.n_dates)])
-    params = fit_pairs(np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]), cfg)
+    bands, valid = np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples])
+    del samples
+    fitted: SeriesParams | None = None
+    if series:
+        fitted = fit_sample(bands, valid, reader.dates, cfg)
+        params: list[CoreParams] = []
+        levels = (fitted.seed_threshold, fitted.grow_threshold)
+    else:
+        params = fit_pairs(bands, valid, cfg)
+        levels = thresholds(cfg, reader.n_bands)
+    del bands, valid
     seconds["sample"] = time.perf_counter() - start
 
     start = time.perf_counter()
     grid = window_grid(reader.shape, chunk_px, _halo_px(cfg))
-    params_d = dask.delayed(params, pure=True)
-    parts = run([dask.delayed(stream_chunk)(reader_d, w, params_d, cfg, min_px) for w in grid])
+    if series:
+        fitted_d = dask.delayed(fitted, pure=True)
+        parts = run(
+            [dask.delayed(stream_series_chunk)(reader_d, w, fitted_d, cfg, min_px) for w in grid]
+        )
+        for key in ("read", "statistics", "labels"):
+            seconds[f"stream_task_{key}"] = sum(part[2][key] for part in parts)
+    else:
+        params_d = dask.delayed(params, pure=True)
+        parts = run([dask.delayed(stream_chunk)(reader_d, w, params_d, cfg, min_px) for w in grid])
     seconds["stream"] = time.perf_counter() - start
 
     start = time.perf_counter()
     features: list[dict] = []
     pairs: list[dict] = []
     dates = reader.dates
-    seed_thr, grow_thr = thresholds(cfg, reader.n_bands)
-    for k, p in enumerate(params):
+    for k in range(reader.n_dates - 1):
         cands = Candidates.concat([part[0][k] for part in parts])
         n_scored = sum(part[1][k] for part in parts)
         found = pair_objects(
-            cands, reader, cfg, k, n_scored, min_px, site, group_px=GROUP_PX, offset=len(features)
+            cands,
+            reader,
+            cfg,
+            k,
+            n_scored,
+            min_px,
+            site,
+            group_px=GROUP_PX,
+            offset=len(features),
+            levels=levels,
+            split_fraction=cfg.series_sign_split_fraction if series else None,
+            weighted=series,
+            region_tests=series,
         )
         features += found
-        pairs.append(
-            {
-                "date_before": dates[k],
-                "date_after": dates[k + 1],
-                "gain": [round(float(v), 5) for v in p.gain],
-                "offset": [round(float(v), 6) for v in p.offset],
-                "noise_sigma": [round(float(v), 6) for v in p.sigma],
-                "null_scale": round(p.null_scale, 4),
-                "threshold": round(seed_thr, 4),
-                "grow_threshold": round(grow_thr, 4),
-                "fit_ok": p.fit_ok,
-                "n_scored_px": int(n_scored),
-                "n_candidate_px": len(cands),
-                "n_objects": len(found),
-            }
+        summary: dict[str, Any] = {"date_before": dates[k], "date_after": dates[k + 1]}
+        if fitted is not None:
+            summary.update(
+                gain=[round(float(v), 5) for v in fitted.gain[k + 1]],
+                offset=[round(float(v), 6) for v in fitted.offset[k + 1]],
+                noise_sigma=[round(float(v), 6) for v in fitted.date_sigma[k + 1]],
+                null_scale=round(fitted.null_scale, 4),
+            )
+        else:
+            p = params[k]
+            summary.update(
+                gain=[round(float(v), 5) for v in p.gain],
+                offset=[round(float(v), 6) for v in p.offset],
+                noise_sigma=[round(float(v), 6) for v in p.sigma],
+                null_scale=round(p.null_scale, 4),
+                fit_ok=p.fit_ok,
+            )
+        summary.update(
+            threshold=round(levels[0], 4),
+            grow_threshold=round(levels[1], 4),
+            n_scored_px=int(n_scored),
+            n_candidate_px=len(cands),
+            n_objects=len(found),
         )
+        pairs.append(summary)
     seconds["objects"] = time.perf_counter() - start
-    return TileResult(features=features, pairs=pairs, params=params, seconds=seconds)
+    return TileResult(
+        features=features,
+        pairs=pairs,
+        params=params,
+        seconds=seconds,
+        method=method,
+        series=fitted,
+    )

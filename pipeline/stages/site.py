@@ -137,9 +137,12 @@ def run_detect(cfg: Config, site_name: str) -> int:
     from pipeline.kernels.detect import occupancy
     from pipeline.stages import detect
 
+    from pipeline.io.cluster import client_from_config
+
     site, paths = _site(cfg, site_name)
     cube = load.read_cube(_require(paths.aligned, "coregister"))
-    result = detect.detect_site(cube, site, cfg)
+    with client_from_config(cfg.cluster):
+        result = detect.detect_site(cube, site, cfg)
     fc = {
         "type": "FeatureCollection",
         "name": f"{site_name} detections",

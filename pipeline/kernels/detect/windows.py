@@ -1,8 +1,8 @@
 """The multi-date detector window by window: the plan, the halo, and who keeps each object (pure).
 
 :func:`pipeline.stages.detect.detect_cube` runs the multi-date detector
-(:func:`pipeline.kernels.detect.core.multidate_objects`) on the whole cube when its in-memory estimate (:func:`in_memory_mb`) fits
-``detect.memory_budget_mb``, else over spatial windows holding every date, with the same
+(:func:`pipeline.kernels.detect.core.multidate_objects`) on the whole cube when its in-memory
+estimate (:func:`in_memory_mb`) fits ``detect.memory_budget_mb``, else over spatial windows holding every date, with the same
 detections. The scheme:
 
 1. **Global quantities first**, from regular lattices of the whole grid, the same lattices the

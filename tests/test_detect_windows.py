@@ -35,7 +35,7 @@ def test_lattice_in_core_covers_the_global_lattice_once() -> None:
     plan = windows.plan((6, 4, 200, 170), DetectConfig(memory_budget_mb=1))
     hits = np.zeros((-(-200 // 3), -(-170 // 3)), int)
     for w in plan.windows((200, 170)):
-        (rw, cw), (rs, cs) = windows.lattice_in_core(w, 3)
+        (rw, _), (rs, cs) = windows.lattice_in_core(w, 3)
         rows = np.arange(w.rows[0], w.rows[1])[rw]
         assert np.all(rows % 3 == 0)
         assert len(rows) == rs.stop - rs.start

@@ -2,8 +2,8 @@
 
 :func:`pipeline.stages.detect.detect_cube` runs the multi-date detector
 (:func:`pipeline.kernels.detect.core.multidate_objects`) on the whole cube when its in-memory
-estimate (:func:`in_memory_mb`) fits ``detect.memory_budget_mb``, else over spatial windows holding every date, with the same
-detections. The scheme:
+estimate (:func:`in_memory_mb`) fits ``detect.memory_budget_mb``, else over spatial windows
+holding every date, with the same detections. The scheme:
 
 1. **Global quantities first**, from regular lattices of the whole grid, the same lattices the
    whole-array path samples: the per-date gain and offset (the fit's strided sample), the date and

@@ -42,7 +42,6 @@ from pipeline.config import DetectConfig
 from pipeline.kernels.detect.calibration import MASK_DISTANCE_CAP_PX
 from pipeline.kernels.detect.neighbourhood import BACKGROUND_WINDOW_BLOCKS, background_block_px
 from pipeline.kernels.detect.normalise import sample_stride
-from pipeline.kernels.scale.tile_label import Window, window_grid
 
 __all__ = [
     "IN_MEMORY_FACTOR",
@@ -57,6 +56,7 @@ __all__ = [
     "lattice_in_core",
     "null_stride",
     "plan",
+    "window_grid",
 ]
 
 IN_MEMORY_FACTOR = 30
@@ -73,6 +73,39 @@ is under it: every pixel)."""
 
 MIN_CHUNK_PX = 64
 """Smallest window core side."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window of the grid: its core and the core plus halo (half-open pixel ranges)."""
+
+    rows: tuple[int, int]
+    """Rows of the window in the grid."""
+    cols: tuple[int, int]
+    """Columns of the window in the grid."""
+    inner_rows: tuple[int, int]
+    """Rows of its core in the grid."""
+    inner_cols: tuple[int, int]
+    """Columns of its core in the grid."""
+    shape: tuple[int, int]
+    """Shape of the whole grid."""
+
+
+def window_grid(shape: tuple[int, int], chunk_px: int, halo: int) -> list[Window]:
+    """Cores of ``chunk_px`` square tiling ``shape`` (row-major), each with a ``halo`` margin
+    clipped to the grid."""
+    ny, nx = shape
+    return [
+        Window(
+            rows=(max(i0 - halo, 0), min(i0 + chunk_px + halo, ny)),
+            cols=(max(j0 - halo, 0), min(j0 + chunk_px + halo, nx)),
+            inner_rows=(i0, min(i0 + chunk_px, ny)),
+            inner_cols=(j0, min(j0 + chunk_px, nx)),
+            shape=(ny, nx),
+        )
+        for i0 in range(0, ny, chunk_px)
+        for j0 in range(0, nx, chunk_px)
+    ]
 
 
 def block_grid_px(cfg: DetectConfig) -> int:

@@ -194,6 +194,14 @@ class DetectConfig(_Strict):
         description="Pixels sampled (regular grid) per date pair for the gain/offset fit, the "
         "noise sigma and the null calibration.",
     )
+    memory_budget_mb: float = Field(
+        2048.0,
+        gt=0,
+        description="Memory (MB) the multi-date detector may hold. Over it (estimated from the "
+        "cube's dates, bands and pixels), the detect stage runs window by window with the same "
+        "detections (pipeline.kernels.detect.windows). The default suits a 2-core, 4 GiB worker "
+        "(the cube, the outputs and the interpreter take the rest).",
+    )
     # --- the multi-date method (pipeline.kernels.detect.core, pipeline.kernels.detect.multidate,
     # pipeline.kernels.detect.clouds) ---
     method: Literal["multidate", "pairwise"] = Field(
@@ -519,6 +527,34 @@ class AlertsConfig(_Strict):
     )
 
 
+class ClusterConfig(BaseModel):
+    """Where dask work runs (the ``cluster:`` section; opened by
+    :func:`pipeline.io.cluster.client_from_config`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["threads", "processes"] = Field(
+        "threads",
+        description="threads: dask's threads in this process; processes: a LocalCluster of "
+        "worker processes on this machine. Ignored when a scheduler address is given.",
+    )
+    address: str | None = Field(
+        None,
+        description="Scheduler of a running cluster (tcp://host:8786). None: use "
+        "$DASK_SCHEDULER_ADDRESS when set, else `kind`.",
+    )
+    n_workers: int = Field(2, ge=1, description="Worker processes of a LocalCluster.")
+    threads_per_worker: int = Field(1, ge=1, description="Threads of each LocalCluster worker.")
+    memory_limit: str = Field(
+        "4GiB", description="Memory each LocalCluster worker may use before it spills or pauses."
+    )
+    start_method: Literal["forkserver", "spawn"] = Field(
+        "forkserver",
+        description="How LocalCluster workers start: forkserver (forked from a process that "
+        "imported the pipeline once: fast) or spawn (each imports everything).",
+    )
+
+
 class Config(_Strict):
     """The whole configuration of a run."""
 
@@ -533,6 +569,7 @@ class Config(_Strict):
     network: NetworkConfig = NetworkConfig()
     watch: WatchConfig = WatchConfig()
     alerts: AlertsConfig = AlertsConfig()
+    cluster: ClusterConfig = ClusterConfig()
     data_dir: str = Field("data", description="Folder of per-site intermediate outputs.")
     reports_dir: str = Field("reports", description="Folder of per-site HTML reports.")
     metrics_dir: str = Field("metrics", description="Folder of per-site metrics files.")

@@ -9,8 +9,9 @@ the pipeline once (:data:`WORKER_PRELOAD`): each worker starts in well under a s
 importing everything itself (several seconds per worker on a small machine). ``start_method=
 "spawn"`` gives distributed's default.
 
-:class:`ClusterConfig` is the typed form of these choices for a config file (a ``cluster:``
-section); :func:`client_from_config` opens the client it describes. The change core
+:class:`pipeline.config.ClusterConfig` is the typed form of these choices (the
+``cluster:`` section of ``configs/params.yaml``); :func:`client_from_config` opens the client it
+describes. The change core
 (:mod:`pipeline.kernels.scale.fused`, :mod:`pipeline.stages.tile`) runs unchanged on any of them:
 its tasks are pure functions of picklable inputs, so a remote scheduler with workers that can import
 ``pipeline`` (and read the stack) gives the same bits as the threads of one process.
@@ -25,8 +26,9 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import dask
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from pipeline.config import ClusterConfig
 from pipeline.errors import ConfigError
 
 ClusterKind = Literal["threads", "processes"]
@@ -46,33 +48,6 @@ WORKER_PRELOAD = (
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 """Environment variable naming a running scheduler (``tcp://host:8786``)."""
-
-
-class ClusterConfig(BaseModel):
-    """Where dask work runs (a ``cluster:`` section of a config file)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: ClusterKind = Field(
-        "threads",
-        description="threads: dask's threads in this process; processes: a LocalCluster of "
-        "worker processes on this machine. Ignored when a scheduler address is given.",
-    )
-    address: str | None = Field(
-        None,
-        description="Scheduler of a running cluster (tcp://host:8786). None: use "
-        f"${SCHEDULER_ENV} when set, else `kind`.",
-    )
-    n_workers: int = Field(2, ge=1, description="Worker processes of a LocalCluster.")
-    threads_per_worker: int = Field(1, ge=1, description="Threads of each LocalCluster worker.")
-    memory_limit: str = Field(
-        "4GiB", description="Memory each LocalCluster worker may use before it spills or pauses."
-    )
-    start_method: StartMethod = Field(
-        "forkserver",
-        description="How LocalCluster workers start: forkserver (forked from a process that "
-        "imported the pipeline once: fast) or spawn (each imports everything).",
-    )
 
 
 def scheduler_address(address: str | None = None) -> str | None:

@@ -134,12 +134,14 @@ def _residuals(aligned: xr.Dataset, c: Any, ref: int | None) -> list[float | Non
 
 def run_detect(cfg: Config, site_name: str) -> int:
     """Run the change core on the aligned cube; write ``detections.geojson``; returns the count."""
+    from pipeline.io.cluster import client_from_config
     from pipeline.kernels.detect import occupancy
     from pipeline.stages import detect
 
     site, paths = _site(cfg, site_name)
     cube = load.read_cube(_require(paths.aligned, "coregister"))
-    result = detect.detect_site(cube, site, cfg)
+    with client_from_config(cfg.cluster):
+        result = detect.detect_site(cube, site, cfg)
     fc = {
         "type": "FeatureCollection",
         "name": f"{site_name} detections",

@@ -275,7 +275,13 @@ CONTEXT_FRAME_PX = 5
 co-registration shift leaves the edge of each date without data, cloud or no cloud."""
 
 
-def atmosphere_possible(masked: np.ndarray, distance_px: float | None) -> np.ndarray:
+def atmosphere_possible(
+    masked: np.ndarray,
+    distance_px: float | None,
+    *,
+    near: np.ndarray | None = None,
+    edges: tuple[bool, bool, bool, bool] = (True, True, True, True),
+) -> np.ndarray:
     """Where the atmosphere can explain a one-date departure: near what was masked that date.
 
     The SCL misses the thin edges, faint puffs and shadows *of* the clouds it flags, not whole
@@ -293,6 +299,13 @@ def atmosphere_possible(masked: np.ndarray, distance_px: float | None) -> np.nda
     distance_px
         Farthest from a masked pixel (pixels) the atmosphere explains a departure; None:
         anywhere (no context test).
+    near
+        (y, x) bool: already known to be within ``distance_px`` of a masked pixel (a window
+        of a grid: of the grid's loaded masks, :func:`context_near`); ORed with the result
+        (the distance to a union is the smaller distance). None: nothing.
+    edges
+        Which sides of ``masked`` (top, bottom, left, right) are the grid's edges, whose
+        frame does not count (a window's inner sides are not).
 
     Returns
     -------
@@ -303,10 +316,54 @@ def atmosphere_possible(masked: np.ndarray, distance_px: float | None) -> np.nda
         return np.ones(masked.shape, dtype=bool)
     masked = masked.copy()
     e = CONTEXT_FRAME_PX  # a co-registration shift leaves the grid's edge without data
-    masked[:e], masked[-e:], masked[:, :e], masked[:, -e:] = False, False, False, False
+    top, bottom, left, right = edges
+    if top:
+        masked[:e] = False
+    if bottom:
+        masked[-e:] = False
+    if left:
+        masked[:, :e] = False
+    if right:
+        masked[:, -e:] = False
     if not masked.any():
-        return np.zeros(masked.shape, dtype=bool)
-    return ndimage.distance_transform_edt(~masked) <= distance_px
+        out = np.zeros(masked.shape, dtype=bool)
+    else:
+        out = ndimage.distance_transform_edt(~masked) <= distance_px
+    return out if near is None else out | near
+
+
+def context_near(
+    masked: np.ndarray,
+    distance_px: float | None,
+    window: tuple[slice, slice],
+    edges: tuple[bool, bool, bool, bool],
+) -> np.ndarray | None:
+    """:func:`atmosphere_possible` of each date of a widened window, cut to the window.
+
+    Parameters
+    ----------
+    masked
+        (T, y, x) bool masks of a grid's window widened by ``distance_px`` on every side
+        (clipped to the grid).
+    distance_px
+        The context distance (None: no context test, returns None).
+    window
+        Slices of ``masked`` holding the window itself.
+    edges
+        Which sides of ``masked`` are the grid's edges.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        (T, wy, wx) bool: within ``distance_px`` of a pixel masked that date, anywhere in the
+        grid (the widened window holds every pixel that near).
+    """
+    if distance_px is None:
+        return None
+    out = np.zeros((masked.shape[0], *masked[0][window].shape), dtype=bool)
+    for t, m in enumerate(masked):
+        out[t] = atmosphere_possible(m, distance_px, edges=edges)[window]
+    return out
 
 
 @dataclass(frozen=True)
@@ -326,6 +383,17 @@ class Excursions:
     """(T, y, x) float32 the excursion statistic of the last pass (NaN where invalid)."""
 
 
+def context_kwargs(
+    context: tuple[np.ndarray | None, tuple[bool, bool, bool, bool]] | None,
+    dates: tuple[int, ...],
+) -> dict:
+    """Keyword arguments of :func:`atmosphere_possible` for a window's dates (none: whole grid)."""
+    if context is None:
+        return {}
+    near, edges = context
+    return {"near": None if near is None else near[list(dates)].any(axis=0), "edges": edges}
+
+
 def clean_excursions(
     z: np.ndarray,
     var: np.ndarray,
@@ -343,6 +411,7 @@ def clean_excursions(
     mask: bool = True,
     min_seeds: int = 1,
     context_distance_px: float | None = None,
+    context: tuple[np.ndarray, tuple[bool, bool, bool, bool]] | None = None,
 ) -> Excursions:
     """Mask atmospheric excursions, repeatedly; return the one-date objects (module docstring).
 
@@ -376,6 +445,10 @@ def clean_excursions(
         A departure is atmospheric only within this of a pixel masked that date (invalid in
         ``valid`` or found atmospheric in an earlier pass; :func:`atmosphere_possible`); None:
         anywhere.
+    context
+        For a window of a grid: ``(near, edges)``, :func:`context_near` of the grid's loaded
+        masks and which sides of the window are the grid's edges (see
+        :func:`atmosphere_possible`); None: the arrays are the whole grid.
 
     Returns
     -------
@@ -399,7 +472,11 @@ def clean_excursions(
             atm_px = np.zeros(labels.shape, dtype=bool)
             if n:
                 delta = (z[t] - base[t]) * sig
-                possible = atmosphere_possible(~valid[t] | atmospheric[t], context_distance_px)
+                possible = atmosphere_possible(
+                    ~valid[t] | atmospheric[t],
+                    context_distance_px,
+                    **context_kwargs(context, (t,)),
+                )
                 atm, _ = classify_regions(
                     labels, n, delta, base[t] * sig, model, sigma, max_unexplained, possible
                 )
@@ -436,4 +513,6 @@ __all__ = [
     "atmospheric_residual",
     "classify_regions",
     "clean_excursions",
+    "context_kwargs",
+    "context_near",
 ]

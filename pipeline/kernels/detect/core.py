@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
@@ -81,14 +82,23 @@ from pipeline.kernels.detect.segment import (
     object_properties,
     segment_pair,
 )
+from pipeline.kernels.detect.windows import null_stride
 
 __all__ = [
     "DEFAULT_BANDS",
     "DetectResult",
+    "GridLevels",
+    "NullLevels",
     "PairChange",
+    "SeriesState",
+    "candidate_objects",
     "detection_occupancy",
+    "finish_objects",
+    "grid_null_levels",
     "multidate_objects",
+    "null_levels",
     "pair_change",
+    "series_state",
     "series_thresholds",
     "thresholds",
 ]
@@ -153,6 +163,227 @@ def _drift(
     return floor, smooth, slope_var
 
 
+@dataclass(frozen=True)
+class GridLevels:
+    """What a window of a grid takes from the whole grid
+    (:mod:`pipeline.kernels.detect.windows`)."""
+
+    gain: np.ndarray
+    """(T, B) float32 gain of each date onto the reference (:func:`noise.fit_gain_offset`)."""
+    offset: np.ndarray
+    """(T, B) float32 offset."""
+    sigma: np.ndarray
+    """(B,) float32 noise sigma per band (:func:`noise.date_noise`)."""
+    date_sigma: np.ndarray
+    """(T, B) float32 per date."""
+    near: np.ndarray | None
+    """(T, y, x) bool within the context distance of a pixel loaded masked, over the whole grid
+    (:func:`clouds.context_near`); None without a context test."""
+    edges: tuple[bool, bool, bool, bool]
+    """Which sides of the window (top, bottom, left, right) are the grid's edges."""
+
+
+@dataclass(frozen=True)
+class NullLevels:
+    """The score's null scale and tail and the per-date counts of the whole grid."""
+
+    scale: float
+    """Null scale: ``max(1, median raw score / chi-square median)``."""
+    tail: tuple[float, float]
+    """Empirical tail of the score (:func:`onedate.fit_tail`)."""
+    n_scored: tuple[int, ...]
+    """(T,) pixels with a score at each date."""
+    n_used: tuple[int, ...]
+    """(T,) observations used by the step test at each date."""
+    n_atmospheric: tuple[int, ...]
+    """(T,) observations masked as atmospheric excursions at each date."""
+
+
+@dataclass(frozen=True)
+class SeriesState:
+    """The multi-date detector up to the step test (steps 1-4 of the module docstring)."""
+
+    z: np.ndarray
+    """(T, B, y, x) standardised observations."""
+    valid: np.ndarray
+    """(T, y, x) the observations as loaded (valid and finite in every band)."""
+    sigma: np.ndarray
+    """(B,) noise sigma per band."""
+    date_sigma: np.ndarray
+    """(T, B) per date."""
+    gain: np.ndarray
+    """(T, B) gain of each date."""
+    offset: np.ndarray
+    """(T, B) offset of each date."""
+    exc: clouds.Excursions
+    """The excursion cleaning's result."""
+    used: np.ndarray
+    """(T, y, x) observations used by the step test."""
+    series: multidate.SeriesChange
+    """The step test."""
+    model: clouds.AtmosphereModel
+    """The atmospheric model."""
+    context_px: float | None
+    """Context distance of the atmosphere test (pixels; None: none)."""
+    context: tuple[np.ndarray | None, tuple[bool, bool, bool, bool]] | None
+    """A window's ``(near, edges)`` (None: the whole grid)."""
+
+
+def series_state(
+    cube: xr.Dataset,
+    stack: np.ndarray,
+    valid: np.ndarray,
+    cfg: DetectConfig,
+    bands: Sequence[str],
+    *,
+    grid: GridLevels | None = None,
+) -> SeriesState:
+    """Steps 1-4 of the multi-date detector on a cube (or a window of one).
+
+    Parameters
+    ----------
+    cube
+        The aligned cube or window (its dates, grid and whether it has ``scl``).
+    stack, valid
+        (T, B, y, x) float32 bands and (T, y, x) bool validity, numpy.
+    cfg
+        Detection parameters.
+    bands
+        Bands of ``stack``'s second axis.
+    grid
+        The whole grid's levels when the arrays are a window of it; None: from the arrays.
+
+    Returns
+    -------
+    SeriesState
+        Standardised stack, noise levels, radiometry, excursions and the step test.
+    """
+    stack = np.where(valid[:, None], stack, np.nan).astype(np.float32)
+    times = cube["time"].values
+    days = ((times - times[0]) / np.timedelta64(1, "D")).astype(np.float32)
+    n_bands = stack.shape[1]
+    transform = grid_transform(cube["x"].values, cube["y"].values)
+    pixel_area = abs(transform.a * transform.e)
+    min_px = max(1, math.ceil(cfg.min_area_m2 / pixel_area - 1e-9))
+    seed_thr, grow_thr = series_thresholds(cfg, n_bands)
+    if grid is None:
+        y, gain, offset = noise.normalise_stack(stack, valid, cfg.max_sample_px)
+        levels = None
+    else:
+        gain, offset = grid.gain, grid.offset
+        y = noise.apply_gain_offset(stack, gain, offset)
+        levels = (grid.sigma, grid.date_sigma)
+    del stack
+    nm = noise.noise_model(
+        y,
+        valid,
+        window_px=cfg.local_window_px,
+        structure_window_px=cfg.structure_window_px,
+        levels=levels,
+    )
+    del y
+    floor, slope, slope_var = _drift(nm.z, valid, days, cfg)
+    var = np.maximum(nm.var, (floor**2)[None]).astype(np.float32)
+    sigma = nm.sigma
+    model = clouds.atmosphere_model(
+        bands, cfg.cloud_brightness, shadow=cfg.shadow_model, haze=cfg.haze_model
+    )
+    # the context test needs a cloud mask to give context: without an SCL (Level-1C, bands
+    # exported without it) the excursions are the only cloud test, so they stay unconditional
+    context_px = (
+        None
+        if cfg.atmosphere_context_m is None or "scl" not in cube
+        else cfg.atmosphere_context_m / math.sqrt(pixel_area)
+    )
+    context = None if grid is None else (grid.near, grid.edges)
+    exc = clouds.clean_excursions(
+        nm.z,
+        var,
+        valid,
+        sigma,
+        model,
+        candidate_threshold=float(chi2.isf(cfg.excursion_false_alarm_rate, n_bands)),
+        grow_threshold=grow_thr,
+        seed_threshold=float(chi2.isf(cfg.one_date_false_alarm_rate, n_bands)),
+        min_pixels=min_px,
+        max_unexplained=cfg.atmosphere_max_unexplained,
+        dilation_px=cfg.excursion_dilation_px,
+        passes=cfg.excursion_passes,
+        mask=cfg.excursion_mask,
+        min_seeds=cfg.min_seed_pixels,
+        context_distance_px=context_px,
+        context=context,
+    )
+    one_date = exc.objects if cfg.one_date_objects else np.zeros_like(exc.objects)
+    used = exc.valid & ~one_date
+    sc = multidate.series_change(
+        nm.z,
+        var,
+        used,
+        days,
+        slope=slope,
+        slope_var=slope_var,
+        window=cfg.window_dates,
+        threshold=seed_thr,
+        max_changes=cfg.max_changes,
+    )
+    return SeriesState(
+        z=nm.z,
+        valid=valid,
+        sigma=sigma,
+        date_sigma=nm.date_sigma,
+        gain=gain,
+        offset=offset,
+        exc=exc,
+        used=used,
+        series=sc,
+        model=model,
+        context_px=context_px,
+        context=context,
+    )
+
+
+def null_levels(raw_sample: np.ndarray, n_bands: int) -> tuple[float, tuple[float, float]]:
+    """Null scale and tail fit of the score from the raw step statistic on the null lattice.
+
+    Parameters
+    ----------
+    raw_sample
+        (T, ys, xs) raw step statistic on the lattice of
+        :func:`pipeline.kernels.detect.windows.null_stride` (every pixel of a site).
+    n_bands
+        Degrees of freedom.
+
+    Returns
+    -------
+    scale : float
+        ``max(1, median / chi-square median)``.
+    tail : tuple of float
+        :func:`pipeline.kernels.detect.onedate.fit_tail` of the scaled scores after the first
+        date (at most about two million of them, evenly strided).
+    """
+    finite = np.isfinite(raw_sample).any()
+    med = float(np.nanmedian(raw_sample)) if finite else chi2.median(n_bands)
+    scale = max(1.0, med / chi2.median(n_bands))
+    score = (raw_sample[1:] / np.float32(scale)).astype(np.float32)
+    tail = onedate.fit_tail(score.ravel()[:: max(1, score.size // 2_000_000)], n_bands)
+    return scale, tail
+
+
+def grid_null_levels(state: SeriesState, n_bands: int) -> NullLevels:
+    """:class:`NullLevels` of a whole grid's :class:`SeriesState`."""
+    raw = state.series.score
+    k = null_stride(raw.shape)
+    scale, tail = null_levels(raw[:, ::k, ::k], n_bands)
+    return NullLevels(
+        scale=scale,
+        tail=tail,
+        n_scored=tuple(int(n) for n in np.isfinite(raw).sum(axis=(1, 2))),
+        n_used=tuple(int(n) for n in state.used.sum(axis=(1, 2))),
+        n_atmospheric=tuple(int(n) for n in state.exc.atmospheric.sum(axis=(1, 2))),
+    )
+
+
 def multidate_objects(
     cube: xr.Dataset,
     stack: np.ndarray,
@@ -174,8 +405,8 @@ def multidate_objects(
         ``scl``); its bands are read from ``stack`` and ``valid``.
     stack, valid
         :func:`pipeline.kernels.detect.pairwise.stack_inputs` of the cube, computed: (T, B, y, x)
-        float32 bands and (T, y, x) bool validity, numpy (a site is small; whole tiles go through
-        :mod:`pipeline.stages.tile`).
+        float32 bands and (T, y, x) bool validity, numpy (over the memory budget the stage runs
+        it window by window: :mod:`pipeline.kernels.detect.windows`).
     zone_raster
         (y, x) int zones on the cube's grid (0 = none, i + 1 = ``zone_names[i]``).
     zone_names, zone_kinds
@@ -199,18 +430,9 @@ def multidate_objects(
         When the ``crs`` attribute or a matching zone raster is missing.
     """
     bands, crs, zone_raster = check_inputs(cube, zone_raster, bands)
-    stack = np.where(valid[:, None], stack, np.nan).astype(np.float32)
     times = cube["time"].values
-    dates = [str(np.datetime_as_string(t, unit="D")) for t in times]
-    days = ((times - times[0]) / np.timedelta64(1, "D")).astype(np.float32) if len(times) else times
     t_len, n_bands, ny, nx = stack.shape
-    transform = grid_transform(cube["x"].values, cube["y"].values)
-    pixel_area = abs(transform.a * transform.e)
-    min_px = max(1, math.ceil(cfg.min_area_m2 / pixel_area - 1e-9))
-    seed_thr, grow_thr = series_thresholds(cfg, n_bands)
-    site = str(cube.attrs.get("site", "site"))
     coords = pair_coords(times, cube)
-    n_pairs = max(0, t_len - 1)
     if t_len < 2:
         empty = np.zeros((0, ny, nx), np.float32)
         return DetectResult(
@@ -221,61 +443,89 @@ def multidate_objects(
                 empty.astype(np.int32), dims=("pair", "y", "x"), coords=coords, attrs={"crs": crs}
             ),
         )
-    y, gain, offset = noise.normalise_stack(stack, valid, cfg.max_sample_px)
-    nm = noise.noise_model(
-        y,
-        valid,
-        window_px=cfg.local_window_px,
-        structure_window_px=cfg.structure_window_px,
+    state = series_state(cube, stack, valid, cfg, bands)
+    null = grid_null_levels(state, n_bands)
+    features, labels_all, pairs, score = candidate_objects(
+        cube, state, null, zone_raster, zone_names, zone_kinds, cfg, bands
     )
-    floor, slope, slope_var = _drift(nm.z, valid, days, cfg)
-    var = np.maximum(nm.var, (floor**2)[None]).astype(np.float32)
-    sigma = nm.sigma
-    model = clouds.atmosphere_model(
-        bands, cfg.cloud_brightness, shadow=cfg.shadow_model, haze=cfg.haze_model
-    )
-    # the context test needs a cloud mask to give context: without an SCL (Level-1C, bands
-    # exported without it) the excursions are the only cloud test, so they stay unconditional
-    context_px = (
-        None
-        if cfg.atmosphere_context_m is None or "scl" not in cube
-        else cfg.atmosphere_context_m / math.sqrt(pixel_area)
-    )
-    exc = clouds.clean_excursions(
-        nm.z,
-        var,
-        valid,
-        sigma,
-        model,
-        candidate_threshold=float(chi2.isf(cfg.excursion_false_alarm_rate, n_bands)),
-        grow_threshold=grow_thr,
-        seed_threshold=float(chi2.isf(cfg.one_date_false_alarm_rate, n_bands)),
-        min_pixels=min_px,
-        max_unexplained=cfg.atmosphere_max_unexplained,
-        dilation_px=cfg.excursion_dilation_px,
-        passes=cfg.excursion_passes,
-        mask=cfg.excursion_mask,
-        min_seeds=cfg.min_seed_pixels,
-        context_distance_px=context_px,
-    )
-    one_date = exc.objects if cfg.one_date_objects else np.zeros_like(exc.objects)
-    used = exc.valid & ~one_date
-    sc = multidate.series_change(
-        nm.z,
-        var,
-        used,
-        days,
-        slope=slope,
-        slope_var=slope_var,
-        window=cfg.window_dates,
-        threshold=seed_thr,
-        max_changes=cfg.max_changes,
-    )
-    raw = sc.score
-    med = float(np.nanmedian(raw)) if np.isfinite(raw).any() else chi2.median(n_bands)
-    scale = max(1.0, med / chi2.median(n_bands))
-    score = (raw / np.float32(scale)).astype(np.float32)
-    tail = onedate.fit_tail(score[1:].ravel()[:: max(1, score[1:].size // 2_000_000)], n_bands)
+    features = finish_objects(features, labels_all, pairs, cfg, n_bands, calibration_model)
+    return detect_result(features, pairs, score, labels_all, coords, crs, n_bands)
+
+
+def finish_objects(
+    features: list[dict],
+    labels_all: np.ndarray,
+    pairs: list[dict],
+    cfg: DetectConfig,
+    n_bands: int,
+    calibration_model: calibration.Model | None,
+) -> list[dict]:
+    """Step 7 on the whole grid's candidates: calibrated confidence, unlikely ones dropped
+    (their labels cleared in place, the pairs' counts updated)."""
+    seed_thr, _ = series_thresholds(cfg, n_bands)
+    calibration.calibrate(features, seed_thr, calibration_model)
+    if calibration_model is not None and cfg.min_confidence > 0:
+        features = _drop_unlikely(features, labels_all, pairs, cfg.min_confidence)
+    return features
+
+
+def candidate_objects(
+    cube: xr.Dataset,
+    state: SeriesState,
+    null: NullLevels,
+    zone_raster: np.ndarray,
+    zone_names: Sequence[str],
+    zone_kinds: Sequence[str],
+    cfg: DetectConfig,
+    bands: Sequence[str],
+    *,
+    first_pixels: dict[int, tuple[int, int]] | None = None,
+) -> tuple[list[dict], np.ndarray, list[dict], np.ndarray]:
+    """Steps 5-6 of the multi-date detector (objects per date, one-date objects, mask
+    distances), before the calibrated confidence.
+
+    Parameters
+    ----------
+    cube
+        The aligned cube or window (dates, grid, ``crs``, ``site``).
+    state
+        :func:`series_state` of it.
+    null
+        The whole grid's null levels and counts (:func:`grid_null_levels`, or summed over
+        windows).
+    zone_raster, zone_names, zone_kinds
+        Zones on the cube's grid.
+    cfg
+        Detection parameters.
+    bands
+        Bands of the stack.
+    first_pixels
+        When given, filled with each label's ``(date, flat index of its first pixel)`` at its
+        creation (for a window's ownership and the global numbering).
+
+    Returns
+    -------
+    features : list of dict
+        Features (step objects by date, then one-date objects).
+    labels_all : numpy.ndarray
+        (pair, y, x) int32 labels.
+    pairs : list of dict
+        Per-pair summaries.
+    score : numpy.ndarray
+        (pair, y, x) float32 scaled score.
+    """
+    _, crs, _ = check_inputs(cube, zone_raster, bands)
+    exc, sc, sigma = state.exc, state.series, state.sigma
+    times = cube["time"].values
+    dates = [str(np.datetime_as_string(t, unit="D")) for t in times]
+    t_len, n_bands, ny, nx = state.z.shape
+    transform = grid_transform(cube["x"].values, cube["y"].values)
+    pixel_area = abs(transform.a * transform.e)
+    min_px = max(1, math.ceil(cfg.min_area_m2 / pixel_area - 1e-9))
+    seed_thr, grow_thr = series_thresholds(cfg, n_bands)
+    site = str(cube.attrs.get("site", "site"))
+    n_pairs = t_len - 1
+    score = (sc.score / np.float32(null.scale)).astype(np.float32)
     sig3 = sigma[None, :, None, None]
     mean_b, mean_a = sc.mean_before * sig3, sc.mean_after * sig3
     labels_all = np.zeros((n_pairs, ny, nx), dtype=np.int32)
@@ -283,7 +533,11 @@ def multidate_objects(
     pairs: list[dict] = []
     for t in range(1, t_len):
         # a change seen on one date at a series end is atmospheric only near a masked cloud
-        possible = clouds.atmosphere_possible(~exc.valid[t] | ~exc.valid[t - 1], context_px)
+        possible = clouds.atmosphere_possible(
+            ~exc.valid[t] | ~exc.valid[t - 1],
+            state.context_px,
+            **clouds.context_kwargs(state.context, (t - 1, t)),
+        )
         feats, labels = _objects_at(
             t,
             score[t],
@@ -292,57 +546,62 @@ def multidate_objects(
             sc,
             dates,
             cfg,
-            model,
+            state.model,
             sigma,
             (seed_thr, grow_thr, min_px),
-            tail,
+            null.tail,
             site,
             len(features),
             (transform, crs, zone_raster, zone_names, zone_kinds),
             possible,
             bands,
+            n_tested=null.n_scored[t],
         )
         labels_all[t - 1] = labels
+        if first_pixels is not None and feats:
+            ids, first = np.unique(labels.ravel(), return_index=True)
+            first_pixels.update(
+                {int(i): (t, int(f)) for i, f in zip(ids, first, strict=True) if i > 0}
+            )
         features += feats
         pairs.append(
             {
                 "date_before": dates[t - 1],
                 "date_after": dates[t],
                 "n_changed_px": int((labels > 0).sum()),
-                "noise_sigma": [round(float(s), 6) for s in nm.date_sigma[t]],
-                "gain": [round(float(g), 5) for g in gain[t]],
-                "offset": [round(float(o), 6) for o in offset[t]],
+                "noise_sigma": [round(float(s), 6) for s in state.date_sigma[t]],
+                "gain": [round(float(g), 5) for g in state.gain[t]],
+                "offset": [round(float(o), 6) for o in state.offset[t]],
                 "threshold": round(seed_thr, 4),
                 "grow_threshold": round(grow_thr, 4),
-                "null_scale": round(scale, 4),
-                "n_scored_px": int(np.isfinite(score[t]).sum()),
+                "null_scale": round(null.scale, 4),
+                "n_scored_px": null.n_scored[t],
                 "n_objects": len(feats),
-                "n_cloud_masked_px": int(exc.atmospheric[t].sum()),
+                "n_cloud_masked_px": null.n_atmospheric[t],
             }
         )
     if cfg.one_date_objects:
         features = onedate.one_date_objects(
             exc,
-            valid,
-            nm.z * sig3,
-            used,
+            state.valid,
+            state.z * sig3,
+            state.used,
             dates,
             cfg,
             sigma,
             (seed_thr, grow_thr, min_px),
-            tail,
+            null.tail,
             site,
             features,
             labels_all,
             (transform, crs, zone_raster, zone_names, zone_kinds),
-            model,
+            state.model,
             bands,
+            n_used=null.n_used,
+            first_pixels=first_pixels,
         )
     calibration.add_mask_distance(features, labels_all, ~exc.valid, dates)
-    calibration.calibrate(features, seed_thr, calibration_model)
-    if calibration_model is not None and cfg.min_confidence > 0:
-        features = _drop_unlikely(features, labels_all, pairs, cfg.min_confidence)
-    return detect_result(features, pairs, score[1:], labels_all, coords, crs, n_bands)
+    return features, labels_all, pairs, score[1:]
 
 
 def _drop_unlikely(
@@ -379,13 +638,15 @@ def _objects_at(
     grid: tuple,
     possible: np.ndarray | None = None,
     bands: Sequence[str] = (),
+    n_tested: int | None = None,
 ) -> tuple[list[dict], np.ndarray]:
     """Signed objects of the changes first seen at date ``t`` (labels offset to be global).
 
     ``possible`` (y, x): where the end check may explain a change by the atmosphere
     (:func:`pipeline.kernels.detect.clouds.atmosphere_possible`); None: everywhere. ``bands``: names
     of the views' first axis (for the water rule of
-    :func:`pipeline.kernels.detect.onedate.sign_margin`)."""
+    :func:`pipeline.kernels.detect.onedate.sign_margin`). ``n_tested``: pixels scored at the date
+    over the whole grid (None: counted in ``score``)."""
     seed_thr, grow_thr, min_px = levels
     transform, crs, zone_raster, zone_names, zone_kinds = grid
     n_bands = before.shape[0]
@@ -432,7 +693,8 @@ def _objects_at(
         labels, kinds, n_b, n_a = new_id[labels], kinds[keep], n_b[keep], n_a[keep]
     if len(kinds) == 0:
         return [], np.zeros(score.shape, np.int32)
-    n_tested = int(np.isfinite(score).sum())
+    if n_tested is None:
+        n_tested = int(np.isfinite(score).sum())
     props = object_properties(
         labels,
         kinds,

@@ -51,32 +51,26 @@ def temporal_median(y: np.ndarray) -> np.ndarray:
     return nanmedian_time(y)
 
 
-def normalise_stack(
-    x: np.ndarray, valid: np.ndarray, max_sample_px: int, iterations: int = 2
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-date, per-band gain and offset onto the temporal median reference.
+def fit_gain_offset(
+    xs: np.ndarray, vs: np.ndarray, iterations: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-date, per-band gain and offset of a sample onto its temporal median reference.
 
     Parameters
     ----------
-    x
-        (T, B, y, x) float32 reflectance, NaN where invalid.
-    valid
-        (T, y, x) bool.
-    max_sample_px
-        Pixels sampled (a regular grid) for the fits.
+    xs
+        (T, B, ys, xs) float32 reflectance of the sampled pixels, NaN where invalid.
+    vs
+        (T, ys, xs) bool.
     iterations
         Fits, each against the median of the dates normalised by the previous one.
 
     Returns
     -------
-    y : numpy.ndarray
-        (T, B, y, x) float32 normalised reflectance ``(x - offset) / gain``.
     gain, offset : numpy.ndarray
         (T, B) float32: ``x ~ gain * reference + offset``.
     """
-    t_len, n_bands = x.shape[:2]
-    k = sample_stride(x.shape, min(max_sample_px, FIT_SAMPLE_PX))
-    xs, vs = x[..., ::k, ::k], valid[:, ::k, ::k]
+    t_len, n_bands = xs.shape[:2]
     gain = np.ones((t_len, n_bands), np.float32)
     offset = np.zeros((t_len, n_bands), np.float32)
     ys = xs
@@ -90,8 +84,46 @@ def normalise_stack(
                 g, o = fit_band(ref[b][m].astype(np.float64), xs[t, b][m].astype(np.float64))
                 gain[t, b], offset[t, b] = g, o
         ys = (xs - offset[:, :, None, None]) / gain[:, :, None, None]
-    y = (x - offset[:, :, None, None]) / gain[:, :, None, None]
-    return y.astype(np.float32), gain, offset
+    return gain, offset
+
+
+def fit_sample_stride(shape: tuple[int, ...], max_sample_px: int) -> int:
+    """Stride of the regular lattice (``[::k, ::k]``) the gain/offset fits sample."""
+    return sample_stride(shape, min(max_sample_px, FIT_SAMPLE_PX))
+
+
+def apply_gain_offset(x: np.ndarray, gain: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """(T, B, y, x) normalised reflectance ``(x - offset) / gain``, float32."""
+    return ((x - offset[:, :, None, None]) / gain[:, :, None, None]).astype(np.float32)
+
+
+def normalise_stack(
+    x: np.ndarray, valid: np.ndarray, max_sample_px: int, iterations: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-date, per-band gain and offset onto the temporal median reference.
+
+    Parameters
+    ----------
+    x
+        (T, B, y, x) float32 reflectance, NaN where invalid.
+    valid
+        (T, y, x) bool.
+    max_sample_px
+        Pixels sampled (a regular grid, :func:`fit_sample_stride`) for the fits
+        (:func:`fit_gain_offset`).
+    iterations
+        Fits, each against the median of the dates normalised by the previous one.
+
+    Returns
+    -------
+    y : numpy.ndarray
+        (T, B, y, x) float32 normalised reflectance ``(x - offset) / gain``.
+    gain, offset : numpy.ndarray
+        (T, B) float32: ``x ~ gain * reference + offset``.
+    """
+    k = fit_sample_stride(x.shape, max_sample_px)
+    gain, offset = fit_gain_offset(x[..., ::k, ::k], valid[:, ::k, ::k], iterations)
+    return apply_gain_offset(x, gain, offset), gain, offset
 
 
 @dataclass(frozen=True)
@@ -115,6 +147,55 @@ def _grad(a: np.ndarray, window: int) -> np.ndarray:
     return ndimage.maximum_filter(g, size=(1, window, window)) if window > 1 else g
 
 
+def residuals(y: np.ndarray, window_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Temporal median reference (B, y, x) and each observation's residual from it with the
+    local level (block medians of ``window_px``) taken out (T, B, y, x)."""
+    ref = temporal_median(y)
+    resid = y - ref[None]
+    resid = resid - np.nan_to_num(local_background(resid, window_px))
+    return ref, resid
+
+
+def noise_sample_stride(shape: tuple[int, ...]) -> int:
+    """Stride of the lattice (``[::k, ::k]``) the date noise levels sample (about 40 000 px)."""
+    return max(1, round(float(np.sqrt(shape[-2] * shape[-1] / 40_000))))
+
+
+def date_noise(resid_s: np.ndarray, valid_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Band and date noise levels from residuals sampled on :func:`noise_sample_stride`.
+
+    Parameters
+    ----------
+    resid_s
+        (T, B, ys, xs) residuals (:func:`residuals`) on the lattice.
+    valid_s
+        (T, ys, xs) bool validity there.
+
+    Returns
+    -------
+    sigma : numpy.ndarray
+        (B,) float32 median over dates of the robust sigma of each date.
+    date_sigma : numpy.ndarray
+        (T, B) float32 each date's (the median where a date has too few valid pixels).
+    """
+    t_len, n_bands = resid_s.shape[:2]
+    date_sigma = np.full((t_len, n_bands), np.nan, np.float32)
+    for t in range(t_len):
+        m = valid_s[t]
+        if m.sum() < MIN_DATE_PX:
+            continue
+        for b in range(n_bands):
+            r = resid_s[t, b][m]
+            date_sigma[t, b] = max(robust_sigma(r[np.isfinite(r)]), 1e-6)
+    sigma = np.full(n_bands, 1e-3, np.float32)
+    for b in range(n_bands):
+        col = date_sigma[:, b]
+        if np.isfinite(col).any():
+            sigma[b] = np.nanmedian(col)
+    date_sigma = np.where(np.isfinite(date_sigma), date_sigma, sigma[None]).astype(np.float32)
+    return sigma, date_sigma
+
+
 def noise_model(
     y: np.ndarray,
     valid: np.ndarray,
@@ -122,6 +203,7 @@ def noise_model(
     window_px: int,
     gradient_window_px: int = 3,
     structure_window_px: int = 31,
+    levels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> NoiseModel:
     """Level-corrected, standardised observations and the variance of each (module docstring).
 
@@ -137,31 +219,22 @@ def noise_model(
         Side of the maximum filter applied to the squared gradients.
     structure_window_px
         Side of the window over which the structure noise of each date is fitted.
+    levels
+        ``(sigma, date_sigma)`` of the whole grid (:func:`date_noise`) when ``y`` is a window
+        of it; None: from ``y`` itself.
 
     Returns
     -------
     NoiseModel
         The standardised stack, variances and noise levels.
     """
-    t_len, n_bands = y.shape[:2]
-    ref = temporal_median(y)
-    resid = y - ref[None]
-    resid = resid - np.nan_to_num(local_background(resid, window_px))
-    date_sigma = np.full((t_len, n_bands), np.nan, np.float32)
-    k = max(1, round(float(np.sqrt(valid[0].size / 40_000))))
-    for t in range(t_len):
-        m = valid[t][::k, ::k]
-        if m.sum() < MIN_DATE_PX:
-            continue
-        for b in range(n_bands):
-            r = resid[t, b][::k, ::k][m]
-            date_sigma[t, b] = max(robust_sigma(r[np.isfinite(r)]), 1e-6)
-    sigma = np.full(n_bands, 1e-3, np.float32)
-    for b in range(n_bands):
-        col = date_sigma[:, b]
-        if np.isfinite(col).any():
-            sigma[b] = np.nanmedian(col)
-    date_sigma = np.where(np.isfinite(date_sigma), date_sigma, sigma[None]).astype(np.float32)
+    t_len = y.shape[0]
+    ref, resid = residuals(y, window_px)
+    if levels is None:
+        k = noise_sample_stride(valid.shape)
+        sigma, date_sigma = date_noise(resid[..., ::k, ::k], valid[:, ::k, ::k])
+    else:
+        sigma, date_sigma = levels
     s2 = (sigma**2)[:, None, None]
     spread = local_background(np.abs(resid), window_px)
     var = np.maximum(

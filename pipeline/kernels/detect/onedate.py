@@ -211,6 +211,9 @@ def one_date_objects(
     grid: tuple,
     model: clouds.AtmosphereModel | None = None,
     bands: Sequence[str] = (),
+    *,
+    n_used: Sequence[int] | None = None,
+    first_pixels: dict[int, tuple[int, int]] | None = None,
 ) -> list[dict]:
     """An appearance and a removal for each one-date object (``transient`` = true).
 
@@ -247,6 +250,12 @@ def one_date_objects(
         cloud, haze or shadow leaves unexplained); None leaves it out.
     bands
         Names of the bands of ``refl`` (for the water rule of :func:`sign_margin`).
+    n_used
+        Observations used per date over the whole grid when the arrays are a window of it
+        (the confidence's number of tests); None: counted here.
+    first_pixels
+        When given, filled with each new label's ``(date, flat index of the object's first
+        pixel)`` (the windowed detector's ownership and numbering).
 
     Returns
     -------
@@ -285,7 +294,8 @@ def one_date_objects(
         last = np.asarray(ndimage.maximum(after, regions, ids))
         dev = np.sqrt((((refl[t] - base) / sigma[:, None, None]) ** 2).sum(axis=0))
         peak = np.asarray(ndimage.maximum(np.nan_to_num(dev) ** 2, regions, ids))
-        conf = confidence(peak, int(used[t].sum()), tail, n_bands)
+        n_tested = int(used[t].sum()) if n_used is None else int(n_used[t])
+        conf = confidence(peak, n_tested, tail, n_bands)
         unexplained = np.ones(n + 1)
         if model is not None:
             _, unexplained = clouds.classify_regions(
@@ -309,6 +319,8 @@ def one_date_objects(
                     continue
                 label = len(features) + 1
                 mask = regions == k + 1
+                if first_pixels is not None:
+                    first_pixels[label] = (t, int(np.argmax(mask)))
                 labels_all[a - 1] = np.where(mask, label, labels_all[a - 1])
                 props = {
                     label: {

@@ -3,13 +3,11 @@
 Run from the project root (``make bench``; about 15 minutes on 2 shared cores)::
 
     .venv/bin/python benchmarks/bench_core.py [--sizes 1024,2048,4096,10980] [--dates 2,24]
-        [--methods pairwise,multidate] [--all]
+        [--methods pairwise,multidate]
 
 Each run is one (method, size, dates) configuration, measured in a fresh subprocess (so its peak
 resident memory, ``VmHWM``, is its own); every row has a ``method`` field: ``pairwise`` or
-``multidate`` (the stage's ``method``, :mod:`pipeline.stages.tile_series`). The multi-date full
-tile over 24 dates is left out while the multi-date statistics are plain numpy (about 20 minutes
-alone; ``--all`` runs it). Data: generated
+``multidate`` (the stage's ``method``, :mod:`pipeline.stages.tile_series`). Data: generated
 (:class:`pipeline.simulate.tile.SyntheticStack`: land-cover scene, per-date gain/offset, noise,
 clouds and one planted object per 256 x 256 px, each removed or appeared at one date):
 
@@ -24,8 +22,9 @@ clouds and one planted object per 256 x 256 px, each removed or appeared at one 
    labelling: ``stream_task_*``). ``recall`` counts the planted changes found with the right
    sign.
 2. **Multi-date core.** For ``multidate`` rows, the dict of ``multidate_core(size, dates,
-   seed)`` (the per-pixel multi-date statistics against copy bandwidth and against the
-   in-memory reference) is merged in when this file defines it; nothing else follows.
+   seed)`` (the per-pixel multi-date statistics, numba engine, against copy bandwidth and
+   against the numpy engine, the unfused in-memory reference) is merged in; nothing else
+   follows.
 3. **Core** (``pairwise`` rows). Then, in the same process, after a warm-up, the fused change core
    (:func:`pipeline.kernels.scale.fused.change_core`, full noise model as the stage runs it) on the
    stage's last date pair over a 4096 x 4096 window (a smaller grid is tiled up to it, so that the
@@ -77,10 +76,15 @@ DATES = (2, 24)
 METHODS = ("pairwise", "multidate")
 """Methods of the detect stage measured (``method`` field of every row)."""
 
-LONG_RUN_PIXEL_DATES = 4096 * 4096 * 24
-"""Multi-date runs past this many pixel-dates are left out while its statistics are numpy."""
-
 CORE_WINDOW_PX = 4096
+"""Largest window of the in-memory core measurement (pairwise)."""
+
+MULTIDATE_CORE_WINDOW_PX = 1024
+"""Window of the multi-date statistics' measurement: 24 dates of it are 0.8 GB of inputs
+(DRAM, not cache) and about 2 GB of fresh outputs."""
+
+MULTIDATE_REFERENCE_WINDOW_PX = 512
+"""Window of the multi-date reference comparison (the numpy engine allocates ~10x its input)."""
 """Largest window of the in-memory core measurement."""
 
 REFERENCE_WINDOW_PX = 2048
@@ -177,28 +181,6 @@ def last_pair(stack: Any, size: int, params: list[Any]) -> tuple[np.ndarray, ...
     return prev, after, prev_ok, after_ok, prev_idx
 
 
-def multidate_engine() -> str:
-    """``numba`` when the multi-date statistics offer the compiled engine, else ``numpy``."""
-    import inspect
-
-    from pipeline.kernels.detect.multidate import series_change
-
-    return "numba" if "engine" in inspect.signature(series_change).parameters else "numpy"
-
-
-def _multidate_core() -> Any:
-    """``multidate_core(size, dates, seed)`` of this file, or None while it does not exist.
-
-    Run as a script, this file's functions after its ``__main__`` guard are not defined yet
-    when :func:`main` runs: they are found by importing the file as a module."""
-    if "multidate_core" in globals():
-        return globals()["multidate_core"]
-    import importlib
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    return getattr(importlib.import_module(Path(__file__).stem), "multidate_core", None)
-
-
 def stage_run(size: int, dates: int, seed: int, method: str) -> tuple[dict[str, Any], Any, Any]:
     """The detect stage of ``method`` over a generated stack (step 1 of the module docstring).
 
@@ -235,8 +217,6 @@ def stage_run(size: int, dates: int, seed: int, method: str) -> tuple[dict[str, 
         "threads": THREADS,
         "chunk_px": chunk,
     }
-    if method == "multidate":
-        row["engine"] = multidate_engine()
     return row, stack, result
 
 
@@ -246,9 +226,7 @@ def child(size: int, dates: int, seed: int, method: str = "pairwise") -> dict[st
 
     stage, stack, result = stage_run(size, dates, seed, method)
     if method == "multidate":
-        core = _multidate_core()
-        if core is not None:
-            stage.update(core(size, dates, seed))
+        stage.update(multidate_core(size, dates, seed))
         stage["peak_rss_mb_with_core_measure"] = round(peak_rss_mb(), 1)
         return stage
 
@@ -319,25 +297,12 @@ def child(size: int, dates: int, seed: int, method: str = "pairwise") -> dict[st
     }
 
 
-def skipped(method: str, size: int, dates: int, run_all: bool) -> bool:
-    """Whether ``make bench`` leaves a run out: the full tile over 24 dates of the multi-date
-    method while its statistics are plain numpy (about 20 minutes on 2 shared cores; it is
-    extrapolated from the 4096 px run instead). ``--all`` runs it."""
-    return (
-        not run_all
-        and method == "multidate"
-        and size * size * dates > LONG_RUN_PIXEL_DATES
-        and multidate_engine() == "numpy"
-    )
-
-
 def main() -> None:
     """Run every configuration in its own subprocess, write results.json, print JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--dates", default=",".join(map(str, DATES)))
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--all", action="store_true", help="also the runs left out by default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     ap.add_argument("--child", nargs=2, type=int, metavar=("SIZE", "DATES"), help=argparse.SUPPRESS)
@@ -351,12 +316,6 @@ def main() -> None:
     for method in args.methods.split(","):
         for dates in map(int, args.dates.split(",")):
             for size in map(int, args.sizes.split(",")):
-                if skipped(method, size, dates, args.all):
-                    sys.stderr.write(
-                        f"{size:>6} px x {dates:>2} dates, {method}: left out (numpy statistics; "
-                        "--all runs it)\n"
-                    )
-                    continue
                 runs.append(one_run(method, size, dates, args.seed))
                 write_json(args.out, runs)  # keep what is measured so far
     sys.stderr.write(f"all runs: {time.perf_counter() - begin:.0f} s, results in {args.out}\n")
@@ -389,10 +348,6 @@ def one_run(method: str, size: int, dates: int, seed: int) -> dict[str, Any]:
     return run
 
 
-if __name__ == "__main__":
-    main()
-
-
 def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
     """The multi-date per-pixel statistics against memory copy and the numpy reference.
 
@@ -406,7 +361,7 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
     objects) is normalised and standardised by the detector's own steps
     (:func:`pipeline.kernels.detect.noise.normalise_stack`,
     :func:`pipeline.kernels.detect.noise.noise_model`, the drift and noise floor of
-    :func:`pipeline.kernels.detect.core._drift`: ``z``, ``var`` float32, ``valid`` bool, the
+    :func:`pipeline.kernels.detect.series_state.drift`: ``z``, ``var`` float32, ``valid`` bool, the
     smoothed ``slope`` and ``slope_var``), then tiled up to ``size`` x ``size`` (so inputs
     stream from memory, not from the L3 cache). The statistics are the three calls of the
     detector, in its order, with its parameters (:class:`pipeline.config.DetectConfig`):
@@ -426,7 +381,7 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
     from pipeline.config import DetectConfig
     from pipeline.io.tile_read import read_window
     from pipeline.kernels.detect import multidate, noise
-    from pipeline.kernels.detect.core import _drift, series_thresholds
+    from pipeline.kernels.detect.series_state import drift, series_thresholds
     from pipeline.simulate.tile import SyntheticStack
 
     cfg = DetectConfig()
@@ -441,8 +396,9 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
     nm = noise.noise_model(
         y, valid, window_px=cfg.local_window_px, structure_window_px=cfg.structure_window_px
     )
-    floor, slope, slope_var = _drift(nm.z, valid, days, cfg)
+    floor, slope, slope_var = drift(nm.z, valid, days, cfg)
     var = np.maximum(nm.var, (floor**2)[None]).astype(np.float32)
+    size = min(size, MULTIDATE_CORE_WINDOW_PX)
     reps = -(-size // base)
 
     def tile(a: np.ndarray) -> np.ndarray:
@@ -483,7 +439,7 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
     core_1t_s = best_seconds(lambda: statistics(inputs), 3)
     core_nt_s = best_seconds(lambda: statistics(inputs, CORE_THREADS), 3)
     core_s, threads = min((core_1t_s, 1), (core_nt_s, CORE_THREADS))
-    r = min(size, 1024)
+    r = min(size, MULTIDATE_REFERENCE_WINDOW_PX)
     sub = [np.ascontiguousarray(a[..., :r, :r]) for a in inputs]
     inputs.clear()
     fused_sub_s = best_seconds(lambda: statistics(sub), 3)
@@ -509,3 +465,7 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
         "reference_peak_alloc_mb": round(ref_alloc, 1),
         "core_peak_alloc_mb": round(core_alloc, 1),
     }
+
+
+if __name__ == "__main__":
+    main()

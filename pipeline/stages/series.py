@@ -376,6 +376,7 @@ def detect_series(cube: xr.Dataset, cfg: Config) -> SeriesResult:
     CoregistrationError
         When fewer than :data:`MIN_DATES` dates could be co-registered.
     """
+    from pipeline.io.cluster import client_from_config
     from pipeline.stages.detect import detect_cube
 
     dates = tuple(str(np.datetime_as_string(t, unit="D")) for t in cube["time"].values)
@@ -401,15 +402,16 @@ def detect_series(cube: xr.Dataset, cfg: Config) -> SeriesResult:
             f"({reasons}): check that the inputs show the same area"
         )
     ny, nx = cube.sizes["y"], cube.sizes["x"]
-    result = detect_cube(
-        aligned,
-        np.zeros((ny, nx), np.int32),
-        [],
-        [],
-        cfg.detect,
-        bands=list(bands),
-        calibration_model=active_model(),
-    )
+    with client_from_config(cfg.cluster):
+        result = detect_cube(
+            aligned,
+            np.zeros((ny, nx), np.int32),
+            [],
+            [],
+            cfg.detect,
+            bands=list(bands),
+            calibration_model=active_model(),
+        )
     return SeriesResult(
         features=result.features,
         pairs=result.pairs,

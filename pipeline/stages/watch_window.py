@@ -76,6 +76,7 @@ def _detect(
     cfg: Config, site: Site, days: list[str], loaded: dict[str, xr.Dataset], ref_day: str | None
 ) -> tuple[int, list[Any], list[dict], list[dict]]:
     """Co-register and detect on the window: (reference index, estimates, features, pairs)."""
+    from pipeline.io.cluster import client_from_config
     from pipeline.kernels.coregister.shift import coregister_cube
     from pipeline.stages import detect
 
@@ -89,7 +90,8 @@ def _detect(
     )
     if aligned.sizes["time"] < 2:
         return ref_i, estimates, [], []
-    result = detect.detect_site(aligned, site, cfg)
+    with client_from_config(cfg.cluster):
+        result = detect.detect_site(aligned, site, cfg)
     return ref_i, estimates, result.features, result.pairs
 
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from pipeline.kernels.detect.multidate import nanmedian_time
 from pipeline.kernels.detect.neighbourhood import gradient_sq, local_background
 from pipeline.kernels.detect.normalise import MAD_TO_SIGMA, fit_band, robust_sigma, sample_stride
+from pipeline.kernels.detect.ranks import nanmedian_time
 
 FIT_SAMPLE_PX = 15_000
 """Most pixels sampled for the per-date gain/offset fits (plenty for two numbers per band)."""

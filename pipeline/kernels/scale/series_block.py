@@ -44,13 +44,9 @@ alone, or that needs the whole cube):
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
-from scipy import ndimage
 from scipy.stats import chi2
 
 from pipeline.config import DetectConfig
@@ -58,10 +54,10 @@ from pipeline.kernels.detect import multidate
 from pipeline.kernels.detect.neighbourhood import (
     BACKGROUND_WINDOW_BLOCKS,
     background_block_px,
-    local_background,
 )
 from pipeline.kernels.detect.noise import MIN_DATE_PX, normalise_stack, temporal_median
 from pipeline.kernels.detect.normalise import robust_sigma
+from pipeline.kernels.detect.series_state import drift
 
 __all__ = [
     "BlockSeries",
@@ -135,12 +131,6 @@ def stats_reach_px(cfg: DetectConfig) -> int:
     return max(1, block * (BACKGROUND_WINDOW_BLOCKS // 2 + 1) + block)
 
 
-def _engine(func: Callable[..., Any]) -> dict[str, Any]:
-    """``engine="numba"`` for a statistic that offers it (the compiled engine of
-    :mod:`pipeline.kernels.detect.multidate`), nothing for one that does not."""
-    return {"engine": "numba"} if "engine" in inspect.signature(func).parameters else {}
-
-
 def strip_rows(width: int) -> int:
     """Rows of a strip of about :data:`STRIP_PX` pixels in a block ``width`` wide."""
     return max(1, STRIP_PX // max(width, 1))
@@ -149,30 +139,6 @@ def strip_rows(width: int) -> int:
 def _strips(ny: int, width: int) -> list[slice]:
     step = strip_rows(width)
     return [slice(r, min(r + step, ny)) for r in range(0, ny, step)]
-
-
-def _drift(
-    z: np.ndarray, valid: np.ndarray, days: np.ndarray, cfg: DetectConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Series noise floor, smoothed drift rate and its variance, each (B, y, x): the site
-    detector's (``pipeline.kernels.detect.core``), the per-pixel part strip by strip."""
-    n_bands, ny, nx = z.shape[1:]
-    px_noise = np.empty((n_bands, ny, nx), np.float32)
-    slope = np.empty((n_bands, ny, nx), np.float32)
-    kw = _engine(multidate.series_noise)
-    for rows in _strips(ny, nx):
-        noise_s, slope_s = multidate.series_noise(
-            z[:, :, rows], valid[:, rows], days, trim=cfg.series_noise_trim, **kw
-        )
-        px_noise[:, rows], slope[:, rows] = noise_s, slope_s
-    px_noise = np.nan_to_num(px_noise, nan=0.0)
-    floor = np.maximum(px_noise, ndimage.median_filter(px_noise, size=(1, 3, 3)))
-    if not cfg.drift:
-        zero = np.zeros(floor.shape, np.float32)
-        return floor, zero, zero
-    smooth = np.nan_to_num(local_background(slope, cfg.drift_window_px)).astype(np.float32)
-    sd = np.float32(cfg.drift_residual_sd)
-    return floor, smooth, np.full(smooth.shape, sd**2, dtype=np.float32)
 
 
 def _strip_series(
@@ -190,7 +156,7 @@ def _strip_series(
     used = valid.copy()
     if cfg.excursion_mask:
         level = float(chi2.isf(cfg.excursion_false_alarm_rate, z.shape[1]))
-        kw = _engine(multidate.excursion_stat)
+        kw = {"engine": "numba"}
         for _ in range(max(1, cfg.excursion_passes)):
             stat, two, _base = multidate.excursion_stat(z, var, used, **kw)
             with np.errstate(invalid="ignore"):
@@ -209,7 +175,7 @@ def _strip_series(
         window=cfg.window_dates,
         threshold=params.seed_threshold,
         max_changes=cfg.max_changes,
-        **_engine(multidate.series_change),
+        engine="numba",
     )
     return sc, used
 
@@ -247,7 +213,7 @@ def block_series(
     np.divide(z, g * s, out=z)
     np.copyto(z, np.float32(np.nan), where=~valid[:, None])
     factor = np.maximum((params.date_sigma / params.sigma[None]) ** 2, 1.0).astype(np.float32)
-    floor, slope, slope_var = _drift(z, valid, params.days, cfg)
+    floor, slope, slope_var = drift(z, valid, params.days, cfg)
     t_len, _, ny, nx = z.shape
     score = np.empty((t_len, ny, nx), np.float32)
     mean_before = np.empty(z.shape, np.float32)

@@ -99,7 +99,7 @@ class DetectConfig(BaseModel):
         "noise sigma and the null calibration.",
     )
     memory_budget_mb: float = Field(
-        2048.0,
+        3072.0,
         gt=0,
         description="Memory (MB) the multi-date detector may hold. Over it (estimated from the "
         "cube's dates, bands and pixels), the detect stage runs window by window with the same "

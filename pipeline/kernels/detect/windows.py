@@ -59,10 +59,10 @@ __all__ = [
     "window_grid",
 ]
 
-IN_MEMORY_FACTOR = 30
+IN_MEMORY_FACTOR = 13
 """Peak memory of the in-memory multi-date detector over the size of its float32 band stack
-(measured: 384^2 x 24 dates x 4 bands, 57 MB of stack, about 2.2 GB peak with the numpy
-temporaries of the noise model, the excursion passes and the step test)."""
+(measured with the numba statistics, VmHWM over the interpreter's: generated 512^2 and 640^2 x
+24 dates x 4 bands, 96 and 150 MB of stack, 12.4x and 12.2x; the numpy engine took 32x)."""
 
 MAX_EXTENT_PX = 64
 """Largest object or atmospheric region (pixels, any direction) the windows reproduce exactly."""

@@ -117,39 +117,49 @@ class SyntheticStack:
         self._cache["scene"], self._cache["noise"] = scene, noise
 
     def _per_date(self) -> dict[str, np.ndarray]:
-        if "gain" not in self._cache:
-            rng = self._rng(3)
-            t, nb = self.n_dates, self.n_bands
-            gain = rng.uniform(0.9, 1.1, (t, nb)).astype(np.float32)
-            offset = rng.uniform(-0.01, 0.01, (t, nb)).astype(np.float32)
-            gain[0], offset[0] = 1.0, 0.0
-            shift = rng.integers(0, self.period_px, (t, nb, 2))
-            self._cache.update(gain=gain, offset=offset, shift=shift)
+        with _BUILD:  # dask threads read windows at once: build once, whole
+            if "gain" not in self._cache:
+                self._build_per_date()
         return self._cache
+
+    def _build_per_date(self) -> None:
+        """Per-date gain, offset and field shifts."""
+        rng = self._rng(3)
+        t, nb = self.n_dates, self.n_bands
+        gain = rng.uniform(0.9, 1.1, (t, nb)).astype(np.float32)
+        offset = rng.uniform(-0.01, 0.01, (t, nb)).astype(np.float32)
+        gain[0], offset[0] = 1.0, 0.0
+        shift = rng.integers(0, self.period_px, (t, nb, 2))
+        self._cache.update(gain=gain, offset=offset, shift=shift)
 
     def objects(self) -> np.ndarray:
         """(n, 6) int64 planted objects: row0, row1, col0, col1, event date index, kind.
 
         Kind 1 = removed (present before the event date), 0 = appeared (present from it).
         """
-        if "objects" not in self._cache:
-            rng = self._rng(4)
-            s = self.object_spacing_px
-            ny, nx = self.shape
-            rows = []
-            for r in range(0, ny - s + 1, s):
-                for c in range(0, nx - s + 1, s):
-                    h, w = rng.integers(3, 11, 2)
-                    r0 = r + int(rng.integers(8, s - h - 8))
-                    c0 = c + int(rng.integers(8, s - w - 8))
-                    event = int(rng.integers(1, self.n_dates))
-                    rows.append([r0, r0 + h, c0, c0 + w, event, int(rng.integers(0, 2))])
-            arr = np.asarray(rows, dtype=np.int64).reshape(-1, 6)
-            self._cache["objects"] = arr
-            self._cache["deltas"] = rng.uniform(0.06, 0.2, (len(arr), self.n_bands)) * np.where(
-                rng.random((len(arr), 1)) < 0.5, 1, -0.4
-            )
+        with _BUILD:  # the planted objects and their deltas appear together
+            if "objects" not in self._cache:
+                self._build_objects()
         return self._cache["objects"]
+
+    def _build_objects(self) -> None:
+        """Planted objects (one per ``object_spacing_px`` cell) and their per-band deltas."""
+        rng = self._rng(4)
+        s = self.object_spacing_px
+        ny, nx = self.shape
+        rows = []
+        for r in range(0, ny - s + 1, s):
+            for c in range(0, nx - s + 1, s):
+                h, w = rng.integers(3, 11, 2)
+                r0 = r + int(rng.integers(8, s - h - 8))
+                c0 = c + int(rng.integers(8, s - w - 8))
+                event = int(rng.integers(1, self.n_dates))
+                rows.append([r0, r0 + h, c0, c0 + w, event, int(rng.integers(0, 2))])
+        arr = np.asarray(rows, dtype=np.int64).reshape(-1, 6)
+        self._cache["objects"] = arr
+        self._cache["deltas"] = rng.uniform(0.06, 0.2, (len(arr), self.n_bands)) * np.where(
+            rng.random((len(arr), 1)) < 0.5, 1, -0.4
+        )
 
     def events(self) -> list[dict[str, Any]]:
         """Planted changes: bbox (rows, cols), kind, ``first_after`` date index."""

@@ -112,7 +112,7 @@ def _sites(site: list[str] | None) -> list[str]:
     return names
 
 
-def _per_site(stage: str, site: list[str] | None) -> None:
+def _per_site(stage: str, site: list[str] | None, **options: Any) -> None:
     def go() -> None:
         names = _sites(site)
         from pipeline.evaluation import stage as evaluation
@@ -120,7 +120,7 @@ def _per_site(stage: str, site: list[str] | None) -> None:
 
         fn = getattr(evaluation if stage == "evaluate" else stages, f"run_{stage}")
         for name in names:
-            result = fn(_config(), name)
+            result = fn(_config(), name, **options)
             typer.echo(f"{name}: {stage}: {_summary(stage, result)}")
 
     _guard(go)
@@ -138,6 +138,11 @@ def _summary(stage: str, result: Any) -> str:
         )
     if stage == "detect":
         return f"{result} objects"
+    if stage == "tile":
+        return (
+            f"{result['n_objects']} objects ({result['n_removed']} removed, "
+            f"{result['n_appeared']} appeared), {result['method']}, {len(result['dates'])} dates"
+        )
     if stage == "evaluate":
         keys = ("object_precision", "object_recall", "object_f1", "coreg_rmse_px", "n_detections")
         return ", ".join(f"{k}={result[k]}" for k in keys if k in result)
@@ -179,6 +184,24 @@ def coregister(site: SiteOpt = None) -> None:
 def detect(site: SiteOpt = None) -> None:
     """Find removed and appeared objects -> data/<site>/detections.geojson."""
     _per_site("detect", site)
+
+
+@app.command()
+def tile(
+    site: SiteOpt = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            "-m",
+            help="pairwise or multidate (default: the config's detect.method).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Detect out of core over the searched Items, window by window, on the configured dask
+    cluster (no co-registration) -> data/<site>/tile_detections.geojson and tile.json."""
+    _per_site("tile", site, method=method)
 
 
 @app.command()

@@ -59,6 +59,16 @@ class SitePaths(BaseModel):
         return self.data / "change.zarr"
 
     @property
+    def tile_detections(self) -> Path:
+        """Tile output: one GeoJSON Feature per object the out-of-core detector finds, lon/lat."""
+        return self.data / "tile_detections.geojson"
+
+    @property
+    def tile_summary(self) -> Path:
+        """Tile output: method, dates, counts and seconds per step of the tile run (JSON)."""
+        return self.data / "tile.json"
+
+    @property
     def report_html(self) -> Path:
         """Report output: the site's HTML report."""
         return self.reports / "index.html"

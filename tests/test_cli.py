@@ -13,7 +13,7 @@ from pipeline.errors import EXIT_CODES
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [
     "demo-catalog", "search", "load", "coregister", "detect", "evaluate", "report", "run",
-    "align", "pair", "watch",
+    "align", "pair", "watch", "tile",
 ]  # fmt: skip
 
 

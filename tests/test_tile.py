@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from pipeline.config import DetectConfig
 from pipeline.errors import DataError
+from pipeline.io.tile_read import read_sample
 from pipeline.kernels.detect.neighbourhood import surroundings
 from pipeline.kernels.detect.pairwise import thresholds
 from pipeline.kernels.detect.segment import segment_pair
@@ -181,3 +182,38 @@ def test_bad_stacks_raise_data_error(stack: SyntheticStack) -> None:
         detect_tile(SyntheticStack((50, 50), 1, period_px=53), CFG)
     with pytest.raises(DataError, match="valid"):
         CubeReader(_cube(stack).drop_vars("valid"))
+
+
+class _OneByOne:
+    """A reader without ``read_many``: :func:`read_sample` reads window by window."""
+
+    def __init__(self, reader: CubeReader) -> None:
+        self.reader = reader
+
+    def read(self, t: int, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        return self.reader.read(t, rows, cols)
+
+
+def test_sample_of_a_dask_cube_reads_each_chunk_once(stack: SyntheticStack) -> None:
+    cube = _cube(stack, chunks=75)  # 2 x 2 chunks per date
+    reads: list[int] = []
+
+    def counted(block: np.ndarray) -> np.ndarray:
+        reads.append(block.size)
+        return block
+
+    cube["nir"] = cube["nir"].copy(data=cube["nir"].data.map_blocks(counted, dtype=np.float32))
+    windows = sample_windows(stack.shape, CFG.max_sample_px)
+    assert len(windows) > 4
+    reader = CubeReader(cube)
+    reads.clear()  # dask's own call on an empty block, inferring the meta
+    bands, valid = read_sample(reader, 1, windows)
+    assert (
+        sorted(reads) == [65 * 75] * 2 + [75 * 75] * 2
+    )  # each chunk of the date once, not once per window it touches
+    reads.clear()
+    one_bands, one_valid = read_sample(_OneByOne(reader), 1, windows)  # type: ignore[arg-type]
+    assert len(reads) > 4
+    np.testing.assert_array_equal(bands, one_bands)
+    np.testing.assert_array_equal(valid, one_valid)
+    assert bands.shape == (len(windows), 4, 32, 32) and valid.any()

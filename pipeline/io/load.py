@@ -29,7 +29,13 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from pipeline.config import LoadConfig, NetworkConfig
-from pipeline.errors import AssetAccessError, CatalogError, DataError, StageInputError
+from pipeline.errors import (
+    AssetAccessError,
+    BasewatchError,
+    CatalogError,
+    DataError,
+    StageInputError,
+)
 from pipeline.io.atomic import atomic_dir
 from pipeline.io.catalog import (
     BANDS,
@@ -50,6 +56,7 @@ __all__ = [
     "load_cube",
     "load_site",
     "read_cube",
+    "reading",
     "solar_day",
     "valid_mask",
     "write_cube",
@@ -162,10 +169,13 @@ def _probe(items: Sequence[pystac.Item]) -> tuple[str, str] | None:
 
 
 @contextmanager
-def _reading(what: str, items: Sequence[pystac.Item] = ()) -> Iterator[None]:
+def reading(what: str, items: Sequence[pystac.Item] = ()) -> Iterator[None]:
     """Turn a failed COG read while computing into a :class:`DataError` about ``what``,
     naming the Item and asset: from the error, odc-loader's log of it, or a probe of the
-    assets (a corrupt file can fail anywhere in the reader, not only in rasterio)."""
+    assets (a corrupt file can fail anywhere in the reader, not only in rasterio).
+
+    Wrap any computation of a lazy cube in it (:func:`compute_cube` does; the tile stage wraps
+    its window-by-window reads). Our own errors raised inside pass through unchanged."""
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     with _ReadErrors() as handler, warnings.catch_warnings():
@@ -173,6 +183,8 @@ def _reading(what: str, items: Sequence[pystac.Item] = ()) -> Iterator[None]:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
             yield
+        except BasewatchError:
+            raise
         except Exception as exc:
             chain = [m for m in _chain(exc) if m.strip()]
             # The deepest cause says what went wrong ("got 19384 bytes, expected 88947").
@@ -208,7 +220,7 @@ _DENIED = re.compile(r"HTTP\D{0,20}\b(401|403)\b")  # GDAL (curl) on a refused r
 def compute_cube(ds: xr.Dataset, items: Sequence[pystac.Item], what: str) -> xr.Dataset:
     """Read a lazy cube into memory; a failed COG read is a :class:`DataError` naming its Item
     and asset (``what`` says what was being loaded)."""
-    with _reading(what, [normalise_item(it) for it in items]):
+    with reading(what, [normalise_item(it) for it in items]):
         return ds.compute()
 
 
@@ -492,7 +504,7 @@ def load_site(
     used = ds["valid"] & xr.DataArray(aoi, dims=("y", "x"))
     bands = [b for b in load_cfg.bands if b in ds.data_vars and b != SCL]
     masks = [used, *dark_masks(ds, used, bands)]  # one pass: valid and dark-object counts
-    with _reading(f"load {site.name}", [normalise_item(it) for it in items]):
+    with reading(f"load {site.name}", [normalise_item(it) for it in items]):
         counts = dask.compute(*[m.sum(("y", "x")).data for m in masks])
     frac = np.asarray(counts[0], dtype=float) / n_aoi
     dates = [str(np.datetime_as_string(t, unit="D")) for t in ds["time"].values]
@@ -554,7 +566,7 @@ def write_cube(ds: xr.Dataset, path: str | Path) -> Path:
     for name, arr in out.data_vars.items():
         if arr.dtype.kind in "biu":
             encoding[str(name)] = {"_FillValue": None}
-    with atomic_dir(p) as tmp, warnings.catch_warnings(), _reading(f"write {p}"):
+    with atomic_dir(p) as tmp, warnings.catch_warnings(), reading(f"write {p}"):
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         out.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True)
     return p

@@ -101,20 +101,36 @@ class CubeReader:
 
     def read(self, t: int, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         """(B, h, w) float32 bands and (h, w) bool validity of date ``t`` over a window."""
-        sel = {"time": t, "y": rows, "x": cols}
-        window = self.cube[[*self.bands, "valid"]].isel(sel).transpose("y", "x")
+        return self.read_many(t, [(rows, cols)])[0]
+
+    def read_many(
+        self, t: int, windows: list[tuple[slice, slice]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`read` of several windows of date ``t`` in one computation: a chunk of a
+        dask-backed cube that several windows touch is read once, not once per window."""
+        parts = [
+            self.cube[[*self.bands, "valid"]].isel({"time": t, "y": r, "x": c}).transpose("y", "x")
+            for r, c in windows
+        ]
         with dask.config.set(scheduler="synchronous"):
-            window = window.compute()  # one read of every variable (a no-op for numpy)
-        bands = np.stack([np.asarray(window[b].values, dtype=np.float32) for b in self.bands])
-        valid = np.asarray(window["valid"].values, dtype=bool)
-        return bands, valid
+            parts = list(dask.compute(*parts))  # one read of every variable (numpy: a no-op)
+        return [
+            (
+                np.stack([np.asarray(w[b].values, dtype=np.float32) for b in self.bands]),
+                np.asarray(w["valid"].values, dtype=bool),
+            )
+            for w in parts
+        ]
 
 
 def read_window(
     reader: StackReader, t: int, rows: slice, cols: slice
 ) -> tuple[np.ndarray, np.ndarray]:
     """(B, h, w) float32 bands and (h, w) validity (valid, and finite in every band)."""
-    bands, valid = reader.read(t, rows, cols)
+    return _checked(*reader.read(t, rows, cols))
+
+
+def _checked(bands: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bands = np.ascontiguousarray(bands, dtype=np.float32)
     valid = np.ascontiguousarray(valid, dtype=bool) & np.isfinite(bands).all(axis=0)
     return bands, valid
@@ -137,6 +153,11 @@ def sample_windows(shape: tuple[int, int], max_sample_px: int) -> list[tuple[sli
 def read_sample(
     reader: StackReader, t: int, windows: list[tuple[slice, slice]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(n, B, h, w) bands and (n, h, w) validity of the ``windows`` of date ``t``."""
-    parts = [read_window(reader, t, r, c) for r, c in windows]
+    """(n, B, h, w) bands and (n, h, w) validity of the ``windows`` of date ``t`` (in one
+    read when the reader has ``read_many``, as :class:`CubeReader`)."""
+    read_many = getattr(reader, "read_many", None)
+    if read_many is None:
+        parts = [read_window(reader, t, r, c) for r, c in windows]
+    else:
+        parts = [_checked(*got) for got in read_many(t, windows)]
     return np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])

@@ -8,14 +8,15 @@ Only this module decides when lazy arrays are computed.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import xarray as xr
 
 from pipeline.config import Config
-from pipeline.errors import DataError, StageInputError
+from pipeline.errors import ConfigError, DataError, StageInputError
 from pipeline.io import catalog, load, signing
 from pipeline.io.atomic import read_json, write_json, write_text
 from pipeline.paths import SitePaths, site_paths
@@ -24,7 +25,7 @@ from pipeline.sites import Site, get_site
 log = logging.getLogger(__name__)
 
 STAGES = ("search", "load", "coregister", "detect", "evaluate", "report")
-"""Stages of one site, in the order they run."""
+"""Stages of one site, in the order they run (``tile`` is a stage of its own, after search)."""
 
 
 def _require(path: Path, stage: str) -> Path:
@@ -66,9 +67,7 @@ def run_load(cfg: Config, site_name: str) -> dict:
                 f"site {site_name}: every date is mostly cloud or no data "
                 f"(load.min_valid_fraction={cfg.load.min_valid_fraction}): widen the period"
             )
-        cube.attrs["simulated"] = int(
-            any(bool(it.properties.get("basewatch:simulated")) for it in items)
-        )
+        cube.attrs["simulated"] = int(_simulated(items))
         load.write_cube(cube, paths.cube)
         return report
 
@@ -142,17 +141,123 @@ def run_detect(cfg: Config, site_name: str) -> int:
     cube = load.read_cube(_require(paths.aligned, "coregister"))
     with client_from_config(cfg.cluster):
         result = detect.detect_site(cube, site, cfg)
-    fc = {
-        "type": "FeatureCollection",
-        "name": f"{site_name} detections",
-        "simulated": bool(cube.attrs.get("simulated", 0)),
-        "features": result.features,
-        "pairs": result.pairs,
-    }
-    write_json(paths.detections, fc)
+    simulated = bool(cube.attrs.get("simulated", 0))
+    _write_detections(paths.detections, f"{site_name} detections", simulated, result)
     _write_score(result.score, paths.change)
     write_text(paths.occupancy, occupancy.to_csv(result.occupancy))
     return len(result.features)
+
+
+def _write_detections(path: Path, name: str, simulated: bool, result: Any) -> None:
+    """Write ``result.features`` (and its per-pair summaries) as a GeoJSON FeatureCollection."""
+    fc = {
+        "type": "FeatureCollection",
+        "name": name,
+        "simulated": simulated,
+        "features": result.features,
+        "pairs": result.pairs,
+    }
+    write_json(path, fc)
+
+
+def _simulated(items: Any) -> bool:
+    """Whether any Item comes from the simulated demo catalog."""
+    return any(bool(it.properties.get("basewatch:simulated")) for it in items)
+
+
+TileMethod = Literal["pairwise", "multidate"]
+TILE_METHODS: tuple[TileMethod, ...] = ("pairwise", "multidate")
+"""Methods of :func:`run_tile` (:func:`pipeline.stages.tile.detect_tile`)."""
+
+
+def run_tile(cfg: Config, site_name: str, method: str | None = None) -> dict:
+    """Detect over the site's whole stack out of core; write ``tile_detections.geojson``.
+
+    The searched Items are opened as a lazy, dask-backed cube on the site grid (the dates the
+    load stage would drop as too cloudy are dropped; no pixel is kept in memory) and read window
+    by window by :func:`pipeline.stages.tile.detect_tile`, on the configured dask cluster
+    (:func:`pipeline.io.cluster.client_from_config`). Unlike ``detect``, nothing is
+    co-registered and no zone occupancy is computed.
+
+    Parameters
+    ----------
+    cfg
+        The run's config (``load``, ``detect``, ``cluster``, ``network``, ``catalog``).
+    site_name
+        The site; its ``items.json`` must exist (``basewatch search``).
+    method
+        ``pairwise`` or ``multidate``; None: ``cfg.detect.method``.
+
+    Returns
+    -------
+    dict
+        The summary also written to ``tile.json``: site, method, dates used and dropped,
+        object counts, grid shape, bands and seconds per step (``load``: opening the cube and
+        the valid-fraction pass over it; then those of :class:`pipeline.stages.tile.TileResult`).
+
+    Raises
+    ------
+    ConfigError
+        When ``method`` is unknown.
+    StageInputError
+        When the site's ``items.json`` is missing.
+    DataError
+        When fewer than 2 dates are usable or a COG cannot be read.
+    """
+    from pipeline.io.cluster import client_from_config
+    from pipeline.stages.tile import CubeReader, detect_tile
+
+    chosen = cfg.detect.method if method is None else method
+    if chosen not in TILE_METHODS:
+        raise ConfigError(f"tile method '{chosen}' is unknown: use {' or '.join(TILE_METHODS)}")
+    site, paths = _site(cfg, site_name)
+    items = catalog.read_items(_require(paths.items, "search"))
+
+    def load_and_detect(signed: list) -> tuple[Any, dict, dict[str, Any]]:
+        start = time.perf_counter()
+        with client_from_config(cfg.cluster) as client:
+            cube, report = load.load_site(signed, site, cfg.load, network=cfg.network)
+            if cube.sizes.get("time", 0) < 2:
+                raise DataError(
+                    f"site {site_name}: {cube.sizes.get('time', 0)} date(s) with at least "
+                    f"load.min_valid_fraction={cfg.load.min_valid_fraction} valid: need 2 to find "
+                    "change; widen the period"
+                )
+            reader = CubeReader(cube, bands=tuple(b for b in cfg.load.bands if b in cube))
+            run: dict[str, Any] = {"grid_px": list(reader.shape), "bands": list(reader.bands)}
+            run["seconds"] = {"load": round(time.perf_counter() - start, 3)}
+            with load.reading(f"tile {site_name}", signed):
+                result = detect_tile(
+                    reader,
+                    cfg.detect,
+                    method=cast(TileMethod, chosen),
+                    site=site_name,
+                    client=client,
+                )
+        return result, report, run
+
+    # Signed just before reading (a token from the search may be stale); renewed once on a 403.
+    result, report, run = signing.read_signed(
+        load_and_detect, list(items), signing.signer_for(cfg.catalog)
+    )
+    kinds = [f["properties"]["kind"] for f in result.features]
+    summary = {
+        "site": site_name,
+        "method": result.method,
+        "simulated": _simulated(items),
+        "dates": report["dates_kept"],
+        "dates_dropped": [d["date"] for d in report["dates_dropped"]],
+        "n_objects": len(kinds),
+        "n_removed": kinds.count("removed"),
+        "n_appeared": kinds.count("appeared"),
+        "grid_px": run["grid_px"],
+        "bands": run["bands"],
+        "seconds": run["seconds"] | {k: round(v, 3) for k, v in result.seconds.items()},
+    }
+    name = f"{site_name} tile detections ({result.method})"
+    _write_detections(paths.tile_detections, name, summary["simulated"], result)
+    write_json(paths.tile_summary, summary)
+    return summary
 
 
 def _write_score(score: xr.DataArray, path: Path) -> None:

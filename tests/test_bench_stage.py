@@ -87,6 +87,6 @@ def test_stage_from_cogs_recalls_the_planted_changes(tmp_path: Path) -> None:
         assert {"read", "read_decode", "statistics"} <= set(run["task_s"])
         assert 0 < run["task_s"]["read_decode"] < run["task_s"]["read"]
         # the stream reads every date of the grid at least once (4 bands float32 + mask)
-        assert run["read_mb"] >= DATES * SIZE * SIZE * 17 / 1e6
+        assert run["read_mb"] >= 0.99 * DATES * SIZE * SIZE * 17 / 1e6
         assert run["peak_rss_mb"] > 100
     assert Path(report["catalog"]["folder"], "detections_multidate.geojson").is_file()

@@ -42,8 +42,11 @@ format: $(STAMP)
 	$(BIN)/ruff format pipeline tests benchmarks
 	$(BIN)/ruff check --fix pipeline tests benchmarks
 
+# bench_stage.py: the detect stage from COG files (a generated whole-tile catalog, cached in
+# build/cogbench/) to detections: writes benchmarks/results_stage.json.
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/bench_core.py
+	@$(BIN)/python benchmarks/bench_stage.py
 
 # Real backgrounds (../shared/data: sen2ships ports, OSCD): writes benchmarks/real.json; skips without it.
 bench-real: $(STAMP)

@@ -42,11 +42,11 @@ format: $(STAMP)
 	$(BIN)/ruff format pipeline tests benchmarks
 	$(BIN)/ruff check --fix pipeline tests benchmarks
 
-# bench_stage.py: the detect stage from COG files (a generated whole-tile catalog, cached in
-# build/cogbench/) to detections: writes benchmarks/results_stage.json.
+# bench_stage.py: the detect stage from COG files (a generated 4096 px catalog, cached in
+# build/cogbench/; --size 10980 for a whole tile, about 30 min) to detections: results_stage.json.
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/bench_core.py
-	@$(BIN)/python benchmarks/bench_stage.py
+	@$(BIN)/python benchmarks/bench_stage.py --size 4096 --dates 4
 
 # Real backgrounds (../shared/data: sen2ships ports, OSCD): writes benchmarks/real.json; skips without it.
 bench-real: $(STAMP)

@@ -26,11 +26,17 @@ demo: $(STAMP)
 	@$(BIN)/dvc repro
 	@$(BIN)/basewatch where
 
+# One pytest worker per core, at most 4 (each end-to-end test runs subprocesses and numba
+# threads of its own); tests of one module share a worker, so module fixtures run once.
+# `make test PYTEST_WORKERS=0` runs them in this process, one after another.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadscope
+
 test: $(STAMP)
-	@$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 test-fast: $(STAMP)
-	@$(BIN)/python -m pytest -q -m "not slow"
+	@$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 # ruff, then the layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md).
 lint: $(STAMP)

@@ -48,11 +48,13 @@ format: $(STAMP)
 	$(BIN)/ruff format pipeline tests benchmarks
 	$(BIN)/ruff check --fix pipeline tests benchmarks
 
-# bench_stage.py: the detect stage from COG files (a generated 4096 px catalog, cached in
-# build/cogbench/; --size 10980 for a whole tile, about 30 min) to detections: results_stage.json.
+# bench_core.py: both methods, 1024-10980 px, 2 and 24 dates (about 25 min on 2 cores) ->
+# results.json. bench_stage.py: the detect stage from COG files to detections on a generated
+# 2048 px catalog (cached in build/cogbench/; --size 10980 for a whole tile, about 30 min more:
+# figures in docs/scaling.md) -> results_stage.json.
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/bench_core.py
-	@$(BIN)/python benchmarks/bench_stage.py --size 4096 --dates 4
+	@$(BIN)/python benchmarks/bench_stage.py --size 2048 --dates 4
 
 # Real backgrounds (../shared/data: sen2ships ports, OSCD): writes benchmarks/real.json; skips without it.
 bench-real: $(STAMP)

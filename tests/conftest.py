@@ -9,21 +9,6 @@ import pytest
 from stac_server import search_test_items, serve_items, unavailable_reason
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the modules with the most end-to-end (``slow``) tests first, each module's tests in
-    their own order.
-
-    Under pytest-xdist (``make test``) a module's tests share a worker; a long module scheduled
-    last would keep one worker busy while the others idle.
-    """
-    weight: dict[str, int] = {}
-    for item in items:
-        weight.setdefault(item.nodeid.split("::")[0], 0)
-        if item.get_closest_marker("slow") is not None:
-            weight[item.nodeid.split("::")[0]] += 1
-    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])
-
-
 @pytest.fixture(scope="session")
 def shared_stac_items() -> Path:
     """Real STAC Item JSON in ``../shared/data/stac_items`` (skips when absent)."""

@@ -5,9 +5,14 @@ Every key is documented by its ``description``; unknown keys are errors.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
+
+DetectMethod = Literal["multidate", "pairwise"]
+"""The detectors: ``detect.method``, and the methods of ``basewatch tile``."""
+
+DETECT_METHODS: tuple[DetectMethod, ...] = get_args(DetectMethod)
 
 
 class DetectConfig(BaseModel):
@@ -108,7 +113,7 @@ class DetectConfig(BaseModel):
     )
     # --- the multi-date method (pipeline.kernels.detect.core, pipeline.kernels.detect.multidate,
     # pipeline.kernels.detect.clouds) ---
-    method: Literal["multidate", "pairwise"] = Field(
+    method: DetectMethod = Field(
         "multidate",
         description="multidate: every break between two valid dates is tested with windows of "
         "valid dates before and after it (clouds and one-date excursions handled over the "

@@ -17,6 +17,8 @@ import http.client
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -225,6 +227,17 @@ def _source_hash() -> str:
             h.update(str(p.relative_to(ROOT)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def run_cli(work: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``basewatch -c WORK/cfg.yaml ARGS...`` in a subprocess run in ``work``, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "-c", str(work / "cfg.yaml"), *args],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def demo_catalog(start: str, end: str, site: str = "tartus") -> Path:

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from faults import ROOT, demo_catalog
+from faults import ROOT, demo_catalog, run_cli
 from stac_server import free_port
 
 from pipeline.errors import EXIT_CODES
@@ -266,16 +264,6 @@ def _files(work: Path) -> dict[str, bytes]:
     }
 
 
-def _cli(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "-c", str(work / "cfg.yaml"), *args],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 PARAMS = [
     pytest.param(
         c, id=c.name, marks=[pytest.mark.slow] if c.command == RUN or c.exit_code == 0 else []
@@ -292,7 +280,7 @@ def test_bad_input(case: Case, catalog_src: Path, tmp_path: Path) -> None:
     raw = cfg.pop("__raw__", None)
     (tmp_path / "cfg.yaml").write_text(raw if raw is not None else json.dumps(cfg))
     before = _files(tmp_path)
-    r = _cli(tmp_path, *case.command)
+    r = run_cli(tmp_path, *case.command, timeout=300)
     assert r.returncode == case.exit_code, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     if case.exit_code == 0:
@@ -308,7 +296,7 @@ def test_bad_input(case: Case, catalog_src: Path, tmp_path: Path) -> None:
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text("load: {chunk_px: -3}\n")
-    r = _cli(tmp_path, "--debug", "watch")
+    r = run_cli(tmp_path, "--debug", "watch", timeout=300)
     assert r.returncode != 0 and "Traceback" in r.stderr and "ConfigError" in r.stderr
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from faults import ROOT, demo_catalog
+from faults import ROOT, demo_catalog, run_cli
 from shapely.geometry import Point, shape
 
 from pipeline.errors import EXIT_CODES
@@ -43,16 +42,6 @@ def _config(work: Path) -> Path:
     return path
 
 
-def _cli(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "-c", str(work / "cfg.yaml"), *args],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def _ok(r: subprocess.CompletedProcess[str]) -> str:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
@@ -74,10 +63,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     shutil.copytree(demo_catalog(START, END, site=SITE), work / "demo")
     _config(work)
     out = {"work": work}
-    _ok(_cli(work, "search", "--site", SITE))
-    out["tile_stdout"] = _ok(_cli(work, "tile", "--site", SITE, "--method", "multidate"))
+    _ok(run_cli(work, "search", "--site", SITE))
+    out["tile_stdout"] = _ok(run_cli(work, "tile", "--site", SITE, "--method", "multidate"))
     for stage in ("load", "coregister", "detect"):
-        _ok(_cli(work, stage, "--site", SITE))
+        _ok(run_cli(work, stage, "--site", SITE))
     data = work / "data" / SITE
     out["tile"] = json.loads((data / "tile_detections.geojson").read_text())
     out["summary"] = json.loads((data / "tile.json").read_text())
@@ -146,7 +135,7 @@ def test_missing_items_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     _config(tmp_path)
     data = tmp_path / "data" / SITE
     data.mkdir(parents=True)
-    r = _cli(tmp_path, "tile", "--site", SITE)
+    r = run_cli(tmp_path, "tile", "--site", SITE)
     assert r.returncode == EXIT_CODES["StageInputError"], r.stdout + r.stderr
     line = _one_error_line(r)
     assert f"{data / 'items.json'} is missing" in line and "basewatch search" in line
@@ -155,7 +144,7 @@ def test_missing_items_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
 
 def test_bad_method_is_one_line(tmp_path: Path) -> None:
     _config(tmp_path)
-    r = _cli(tmp_path, "tile", "--site", SITE, "--method", "bogus")
+    r = run_cli(tmp_path, "tile", "--site", SITE, "--method", "bogus")
     assert r.returncode == EXIT_CODES["ConfigError"], r.stdout + r.stderr
     line = _one_error_line(r)
     assert "'bogus'" in line and "pairwise" in line and "multidate" in line
@@ -166,14 +155,14 @@ def test_bad_method_is_one_line(tmp_path: Path) -> None:
 def test_unreadable_cog_is_one_line_and_keeps_earlier_outputs(tmp_path: Path) -> None:
     shutil.copytree(demo_catalog(START, END, site=SITE), tmp_path / "demo")
     _config(tmp_path)
-    _ok(_cli(tmp_path, "search", "--site", SITE))
+    _ok(run_cli(tmp_path, "search", "--site", SITE))
     first = "S2A_36SYE_20241202_0_L2A"
     cog = tmp_path / "demo" / "sentinel-2-l2a" / first / "B04.tif"
     cog.write_bytes(cog.read_bytes()[:20000])
     data = tmp_path / "data" / SITE
     earlier = data / "tile_detections.geojson"
     earlier.write_text("an earlier output")
-    r = _cli(tmp_path, "tile", "--site", SITE)
+    r = run_cli(tmp_path, "tile", "--site", SITE)
     assert r.returncode == EXIT_CODES["DataError"], r.stdout + r.stderr
     line = _one_error_line(r)
     assert f"a COG cannot be read: Item {first} asset 'red'" in line

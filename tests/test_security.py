@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pystac
 import pytest
-from faults import ROOT, demo_catalog, fault_server
+from faults import ROOT, demo_catalog, fault_server, run_cli
 from stac_server import serve_items, unavailable_reason
 
 from pipeline.errors import EXIT_CODES
@@ -49,16 +47,6 @@ def test_items_json_never_holds_query_strings(tmp_path: Path) -> None:
     out = write_items([item], tmp_path / "items.json")
     text = out.read_text()
     assert MARK not in text and "https://host/B04.tif" in text and "?" not in text
-
-
-def _cli(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "-c", str(work / "cfg.yaml"), *args],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def _config(work: Path, url: str, **extra: Any) -> None:
@@ -111,7 +99,7 @@ def test_hostile_local_items_are_refused(
     item["assets"]["red"]["href"] = href(item_dir)
     path.write_text(json.dumps(item))
     _config(tmp_path, str(tmp_path / "demo" / "catalog.json"))
-    r = _cli(tmp_path, "watch")
+    r = run_cli(tmp_path, "watch")
     assert r.returncode == EXIT_CODES["CatalogError"], r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(f"basewatch: error: tartus: Item {FIRST} asset 'red' href "), line
@@ -164,7 +152,7 @@ def signed_api(catalog_src: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def test_hostile_api_items_are_refused(collection: str, signed_api: Any, tmp_path: Path) -> None:
     proxy_url, _, _ = signed_api
     _config(tmp_path, proxy_url, catalog={"url": proxy_url, "collection": collection})
-    r = _cli(tmp_path, "watch")
+    r = run_cli(tmp_path, "watch")
     assert r.returncode == EXIT_CODES["CatalogError"], r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(f"basewatch: error: tartus: Item EVIL_{collection} asset 'red' href ")
@@ -180,7 +168,7 @@ def test_signed_catalog_through_faults_leaves_no_token_anywhere(
     proxy.set(["500", "429", "hang"], match=r"/search")
     cog.set(["503", "503", "500"])
     n_proxy, n_cog = len(proxy.log), len(cog.log)
-    r = _cli(tmp_path, "--debug", "watch")
+    r = run_cli(tmp_path, "--debug", "watch")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("tartus: 4 new scenes, "), r.stdout
     # the search was retried through the faults; the COG reads too (GDAL_HTTP_MAX_RETRY)
@@ -190,7 +178,7 @@ def test_signed_catalog_through_faults_leaves_no_token_anywhere(
     assert cog_faults[:3] == ["503", "503", "500"] and cog_faults.count("ok") > 20
     # every read carried the token (the server refuses reads without it) ...
     assert all(f"sig={MARK}" in e.path for e in cog.log)
-    s = _cli(tmp_path, "--debug", "-v", "search", "--site", "tartus")
+    s = run_cli(tmp_path, "--debug", "-v", "search", "--site", "tartus")
     assert s.returncode == 0, s.stderr[-3000:]
     # ... and the token is nowhere: not in the logs, the outputs, items.json or the database
     for text in (r.stdout, r.stderr, s.stdout, s.stderr):

@@ -8,15 +8,13 @@ of real COGs go through GDAL; the search goes through pystac-client and the loop
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pystac
 import pytest
-from faults import ROOT, demo_catalog
+from faults import ROOT, demo_catalog, run_cli
 from sas_servers import SasServers, serve_sas
 from stac_server import serve_items, unavailable_reason
 from test_load import DATE_A, DATE_C, LOAD_CFG, make_site, write_item
@@ -194,16 +192,6 @@ def test_a_second_403_is_a_data_error_without_the_token(cog_items: Any) -> None:
 # The CLI on a loopback catalog that demands tokens
 
 
-def _cli(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "-c", str(work / "cfg.yaml"), *args],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.mark.slow
 def test_cli_search_and_load_on_a_catalog_that_demands_tokens(tmp_path: Path) -> None:
     reason = unavailable_reason()
@@ -240,12 +228,12 @@ def test_cli_search_and_load_on_a_catalog_that_demands_tokens(tmp_path: Path) ->
                 "seeds_dir": str(ROOT / "seeds"),
             }
             (tmp_path / "cfg.yaml").write_text(json.dumps(cfg))
-            s = _cli(tmp_path, "--debug", "-v", "search", "--site", "tartus")
+            s = run_cli(tmp_path, "--debug", "-v", "search", "--site", "tartus")
             assert s.returncode == 0, s.stderr[-3000:]
             n_search_tokens = len(sas.token_requests)
             assert n_search_tokens >= 1  # the modifier signed the search results
             sas.revoke_all()  # by the time the load runs, those tokens are stale
-            ld = _cli(tmp_path, "--debug", "-v", "load", "--site", "tartus")
+            ld = run_cli(tmp_path, "--debug", "-v", "load", "--site", "tartus")
             assert ld.returncode == 0, ld.stderr[-3000:]
             assert len(sas.token_requests) > n_search_tokens  # signed again before reading
             assert sas.served and all("sig=" in q for q in sas.queries)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
 
 from pipeline.config import Config
+from pipeline.detect_config import DETECT_METHODS, DetectMethod
 from pipeline.errors import ConfigError, DataError, StageInputError
 from pipeline.io import catalog, load, signing
 from pipeline.io.atomic import read_json, write_json, write_text
@@ -165,11 +166,6 @@ def _simulated(items: Any) -> bool:
     return any(bool(it.properties.get("basewatch:simulated")) for it in items)
 
 
-TileMethod = Literal["pairwise", "multidate"]
-TILE_METHODS: tuple[TileMethod, ...] = ("pairwise", "multidate")
-"""Methods of :func:`run_tile` (:func:`pipeline.stages.tile.detect_tile`)."""
-
-
 def run_tile(cfg: Config, site_name: str, method: str | None = None) -> dict:
     """Detect over the site's whole stack out of core; write ``tile_detections.geojson``.
 
@@ -208,8 +204,8 @@ def run_tile(cfg: Config, site_name: str, method: str | None = None) -> dict:
     from pipeline.stages.tile import CubeReader, detect_tile
 
     chosen = cfg.detect.method if method is None else method
-    if chosen not in TILE_METHODS:
-        raise ConfigError(f"tile method '{chosen}' is unknown: use {' or '.join(TILE_METHODS)}")
+    if chosen not in DETECT_METHODS:
+        raise ConfigError(f"tile method '{chosen}' is unknown: use {' or '.join(DETECT_METHODS)}")
     site, paths = _site(cfg, site_name)
     items = catalog.read_items(_require(paths.items, "search"))
 
@@ -230,7 +226,7 @@ def run_tile(cfg: Config, site_name: str, method: str | None = None) -> dict:
                 result = detect_tile(
                     reader,
                     cfg.detect,
-                    method=cast(TileMethod, chosen),
+                    method=cast(DetectMethod, chosen),
                     site=site_name,
                     client=client,
                 )

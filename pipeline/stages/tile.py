@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import dask
 import numpy as np
@@ -51,6 +51,7 @@ from affine import Affine
 from scipy import ndimage
 
 from pipeline.config import DetectConfig
+from pipeline.detect_config import DetectMethod
 from pipeline.errors import ConfigError, DataError
 from pipeline.io.tile_read import CubeReader, StackReader, read_sample, read_window, sample_windows
 from pipeline.kernels.detect.normalise import fit_radiometry, null_scale
@@ -382,7 +383,7 @@ def detect_tile(
     reader: StackReader,
     cfg: DetectConfig,
     *,
-    method: Literal["pairwise", "multidate"] = "pairwise",
+    method: DetectMethod = "pairwise",
     chunk_px: int | None = None,
     site: str = "tile",
     client: Any = None,

@@ -13,10 +13,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Pinned install: uv when it can be had (fast), pip otherwise; same lock file either way.
+# Both write the bytecode of every installed module (pip does by default, uv when asked): where
+# PYTHONDONTWRITEBYTECODE is set, as on many CI images, Python would otherwise compile xarray,
+# pandas, dask... from source in every `basewatch` process (about 4 s of each stage's start).
 $(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 	@echo "installing basewatch and its pinned dependencies into $(VENV) ..."
 	@if $(BIN)/python -m pip install -q --disable-pip-version-check uv >/dev/null 2>&1; then \
-	  $(BIN)/python -m uv pip install -q --python $(BIN)/python -r requirements.lock -e ".[dev]"; \
+	  $(BIN)/python -m uv pip install -q --compile-bytecode --python $(BIN)/python \
+	    -r requirements.lock -e ".[dev]"; \
 	else \
 	  $(BIN)/python -m pip install -q -r requirements.lock -e ".[dev]"; \
 	fi

@@ -58,7 +58,9 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields, is_dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,10 @@ MULTIDATE_CORE_FIELDS = (
     "ratio_to_copy",
     "core_gbps_1thread",
     "ratio_to_copy_1thread",
+    "input_bytes_per_pixel",
+    "output_bytes_per_pixel",
+    "io_floor_seconds",
+    "ratio_to_copy_io_floor",
     "reference_pixels",
     "reference_seconds",
     "fused_seconds_same_window",
@@ -383,7 +389,13 @@ def one_run(
     core = ""
     if "ratio_to_copy" in run:
         core = (
-            f", core/copy {run['ratio_to_copy']:.2f}, "
+            f", core/copy {run['ratio_to_copy']:.2f}"
+            + (
+                f" (memory floor {run['ratio_to_copy_io_floor']:.2f})"
+                if "ratio_to_copy_io_floor" in run
+                else ""
+            )
+            + ", "
             f"x{run['speedup_vs_reference']:.0f} vs reference"
         )
     sys.stderr.write(
@@ -392,6 +404,17 @@ def one_run(
         f"({run['run_seconds']:.0f} s)\n"
     )
     return run
+
+
+def _arrays(obj: Any) -> list[np.ndarray]:
+    """The numpy arrays in ``obj`` (an array, or tuples, lists and dataclasses of them)."""
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    if is_dataclass(obj) and not isinstance(obj, type):
+        obj = [getattr(obj, f.name) for f in fields(obj)]
+    if isinstance(obj, tuple | list):
+        return [a for part in obj for a in _arrays(part)]
+    return []
 
 
 def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
@@ -419,6 +442,11 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
     bytes per second through the three statistics (``engine="numba"``), on one thread and on
     every core (bands of rows), the faster reported (``core_threads``; both kept:
     ``core_gbps_1thread``); ``ratio_to_copy`` = copy time / statistics time.
+    ``io_floor_seconds``: the least memory traffic of any engine with these outputs: every input
+    read once (a reduction) and every output written once into fresh arrays, as the detector
+    gets them (``output_bytes_per_pixel`` against ``input_bytes_per_pixel``), in bands of rows
+    on one thread and on every core, the faster; ``ratio_to_copy_io_floor`` = copy time / that,
+    the highest ``ratio_to_copy`` an engine with no arithmetic at all could reach.
     ``speedup_vs_reference``: the numpy engine's time (``engine="numpy"``, one thread) over the
     numba engine's on one thread, on a window of at most 1024 x 1024 (``reference_pixels``);
     ``reference_peak_alloc_mb``/``core_peak_alloc_mb``: peak memory each allocates there
@@ -455,12 +483,15 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
     del x, y, nm, var, reads
     seed_thr, _ = series_thresholds(cfg, stack.n_bands)
 
-    def statistics(arrays: list[np.ndarray], threads: int = 1, engine: str = "numba") -> None:
+    def statistics(
+        arrays: list[np.ndarray], threads: int = 1, engine: str = "numba"
+    ) -> list[np.ndarray]:
+        """The three statistics; their output arrays."""
         z, v, ok, sl, sv = arrays
         kw: dict[str, Any] = {"engine": engine, "threads": threads}
-        multidate.series_noise(z, ok, days, trim=cfg.series_noise_trim, **kw)
-        multidate.excursion_stat(z, v, ok, **kw)
-        multidate.series_change(
+        noise_out = multidate.series_noise(z, ok, days, trim=cfg.series_noise_trim, **kw)
+        excursion = multidate.excursion_stat(z, v, ok, **kw)
+        change = multidate.series_change(
             z,
             v,
             ok,
@@ -472,6 +503,7 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
             max_changes=cfg.max_changes,
             **kw,
         )
+        return _arrays([noise_out, excursion, change])
 
     nbytes = sum(a.nbytes for a in inputs)
     targets = [np.empty_like(a) for a in inputs]
@@ -482,6 +514,29 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
 
     copy_s = best_seconds(copy, 5)
     targets.clear()
+    out_specs = [(a.shape, a.dtype) for a in statistics(inputs)]
+    out_bytes = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in out_specs)
+
+    def read_once(band: slice) -> None:
+        for a in inputs:
+            (a.view(np.uint8) if a.dtype == bool else a)[..., band, :].max()
+
+    def write_once(outs: list[np.ndarray], band: slice) -> None:
+        for out in outs:
+            out[..., band, :] = 1
+
+    def io_floor(threads: int) -> None:
+        """Read every input, write every output into fresh arrays, in bands of rows."""
+        outs = [np.empty(shape, dtype) for shape, dtype in out_specs]  # as the detector gets them
+        edges = [i * size // threads for i in range(threads + 1)]
+        bands = [slice(a, b) for a, b in pairwise(edges)]
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(read_once, bands))
+            list(pool.map(lambda band: write_once(outs, band), bands))
+
+    floor_s = min(
+        best_seconds(lambda: io_floor(1), 5), best_seconds(lambda: io_floor(CORE_THREADS), 5)
+    )
     core_1t_s = best_seconds(lambda: statistics(inputs), 3)
     core_nt_s = best_seconds(lambda: statistics(inputs, CORE_THREADS), 3)
     core_s, threads = min((core_1t_s, 1), (core_nt_s, CORE_THREADS))
@@ -504,6 +559,10 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
         "ratio_to_copy": round(copy_s / core_s, 3),
         "core_gbps_1thread": round(nbytes / core_1t_s / 1e9, 3),
         "ratio_to_copy_1thread": round(copy_s / core_1t_s, 3),
+        "input_bytes_per_pixel": round(nbytes / (size * size), 1),
+        "output_bytes_per_pixel": round(out_bytes / (size * size), 1),
+        "io_floor_seconds": round(floor_s, 4),
+        "ratio_to_copy_io_floor": round(copy_s / floor_s, 3),
         "reference_pixels": r * r,
         "reference_seconds": round(ref_s, 3),
         "fused_seconds_same_window": round(fused_sub_s, 4),

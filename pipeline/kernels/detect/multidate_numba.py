@@ -474,6 +474,9 @@ def change_rows(  # type: ignore[no-untyped-def]
     g_bi = np.empty((t_len, 1, L), np.int16)
     g_mb = np.empty((t_len, n_bands, 1, L), np.float32)
     g_ma = np.empty((t_len, n_bands, 1, L), np.float32)
+    # row and lane 0 of the gathered arrays, typed int64 as ``y`` and ``x0`` of the first call
+    # (a literal 0 would make numba compile ``_change_pass`` a second time, about 8 s)
+    origin = np.int64(0)
     for y in range(r0, r1):
         n_busy = 0
         for x0 in range(0, nx, L):
@@ -553,8 +556,8 @@ def change_rows(  # type: ignore[no-untyped-def]
                     t_units,
                     window,
                     strong,
-                    0,
-                    0,
+                    origin,
+                    origin,
                     w,
                     ring,
                     rc,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,6 +65,10 @@ def main(
     """Sentinel-2 change detection for fixed sites."""
     from pipeline.io.progress import configure_logging, set_progress_enabled
 
+    # odc-loader's in-memory reprojection of a window warns that it has no geotransform: noise.
+    # `load.reading` hides it while it runs, but a failed read ends that scope while dask threads
+    # are still reading, and their warning would break the one-line error; so, process-wide.
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform, gcps, or rpcs")
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     if quiet:
         level = logging.ERROR

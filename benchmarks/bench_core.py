@@ -58,9 +58,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, is_dataclass, replace
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -514,25 +512,23 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
 
     copy_s = best_seconds(copy, 5)
     targets.clear()
-    out_specs = [(a.shape, a.dtype) for a in statistics(inputs)]
-    out_bytes = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in out_specs)
+    outputs = statistics(inputs)
+    out_specs = [(a.shape, a.dtype) for a in outputs]
+    out_bytes = sum(a.nbytes for a in outputs)
+    del outputs
 
-    def read_once(band: slice) -> None:
+    def io_rows(outs: list[np.ndarray], r0: int, r1: int) -> None:
+        """Rows ``r0:r1``: read every input once, write every output once."""
         for a in inputs:
-            (a.view(np.uint8) if a.dtype == bool else a)[..., band, :].max()
-
-    def write_once(outs: list[np.ndarray], band: slice) -> None:
+            (a.view(np.uint8) if a.dtype == bool else a)[..., r0:r1, :].max()
         for out in outs:
-            out[..., band, :] = 1
+            out[..., r0:r1, :] = 1
 
     def io_floor(threads: int) -> None:
-        """Read every input, write every output into fresh arrays, in bands of rows."""
-        outs = [np.empty(shape, dtype) for shape, dtype in out_specs]  # as the detector gets them
-        edges = [i * size // threads for i in range(threads + 1)]
-        bands = [slice(a, b) for a, b in pairwise(edges)]
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(read_once, bands))
-            list(pool.map(lambda band: write_once(outs, band), bands))
+        """:func:`io_rows` into fresh outputs, as the detector gets them, in the engine's bands
+        of rows."""
+        outs = [np.empty(shape, dtype) for shape, dtype in out_specs]
+        multidate.run_rows(io_rows, size, threads, outs)
 
     floor_s = min(
         best_seconds(lambda: io_floor(1), 5), best_seconds(lambda: io_floor(CORE_THREADS), 5)

@@ -136,7 +136,8 @@ def ensure_catalog(size: int, dates: int, seed: int, build: Path = BUILD) -> dic
 
 
 class TimedReader:
-    """A :class:`pipeline.io.tile_read.StackReader` that times each read of the one it wraps.
+    """A :class:`pipeline.io.tile_read.StackReader` that times each read of the one it wraps
+    (a reader with ``read_many``, as :class:`pipeline.io.tile_read.CubeReader`).
 
     Reads are split into ``sample`` (windows of at most the sample side) and ``stream``;
     thread-safe (dask's threads read at the same time).
@@ -170,22 +171,14 @@ class TimedReader:
 
     def read(self, t: int, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         """(B, h, w) float32 bands and (h, w) validity of date ``t`` (timed)."""
-        start = time.perf_counter()
-        bands, valid = self.inner.read(t, rows, cols)
-        seconds = time.perf_counter() - start
-        part = "sample" if rows.stop - rows.start <= self._sample_px else "stream"
-        with self._lock:
-            self.seconds[part] += seconds
-            self.bytes[part] += bands.size * 4 + valid.size
-            if part == "stream":
-                self.windows.append((t, rows, cols))
-        return bands, valid
+        return self.read_many(t, [(rows, cols)])[0]
 
     def read_many(
         self, t: int, windows: list[tuple[slice, slice]]
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`read` of several windows of date ``t`` in one call of the inner reader's
-        ``read_many`` (as the stage reads its sample), timed as one read."""
+        ``read_many`` (as the stage reads its sample), timed as one read: ``sample`` when every
+        window is at most the sample side, else ``stream``."""
         start = time.perf_counter()
         parts = self.inner.read_many(t, windows)
         seconds = time.perf_counter() - start

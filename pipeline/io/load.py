@@ -566,10 +566,18 @@ def write_cube(ds: xr.Dataset, path: str | Path) -> Path:
     for name, arr in out.data_vars.items():
         if arr.dtype.kind in "biu":
             encoding[str(name)] = {"_FillValue": None}
-    with atomic_dir(p) as tmp, warnings.catch_warnings(), reading(f"write {p}"):
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    with atomic_dir(p) as tmp, consolidated_warning_hidden(), reading(f"write {p}"):
         out.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True)
     return p
+
+
+@contextmanager
+def consolidated_warning_hidden() -> Iterator[None]:
+    """Hide zarr 3's warning that consolidated metadata is not in its format 3 specification
+    (every store this project writes is consolidated, and read back by xarray)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        yield
 
 
 def read_cube(path: str | Path) -> xr.Dataset:
@@ -584,8 +592,7 @@ def read_cube(path: str | Path) -> xr.Dataset:
     if not p.exists():
         raise StageInputError(f"{p} does not exist: run the load stage first")
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        with consolidated_warning_hidden():
             ds = xr.open_zarr(p, consolidated=None)
     except Exception as exc:
         raise StageInputError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -265,9 +264,7 @@ def _write_score(score: xr.DataArray, path: Path) -> None:
     for name, coord in ds.coords.items():
         if coord.dtype == object:
             ds = ds.assign_coords({name: coord.astype(str)})
-    with atomic_dir(path) as tmp, warnings.catch_warnings():
-        # zarr 3 warns that consolidated metadata is not in its format 3 spec (as write_cube)
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    with atomic_dir(path) as tmp, load.consolidated_warning_hidden():
         ds.to_zarr(tmp, mode="w", consolidated=True)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.errors import DataError
 from pipeline.kernels.detect import multidate as md
+from pipeline.kernels.detect import multidate_numba as kern
 from pipeline.kernels.detect.multidate_numba import sorting_network
 
 
@@ -66,6 +67,31 @@ def test_numba_engine_gives_the_reference_bits(t_len: int, n_bands: int, seed: i
             _same_bits(getattr(ref_sc, name), getattr(got_sc, name), f"{name} window {window}")
     if t_len >= 14:  # the planted step is found, so strong breaks bound the windows
         assert np.nanmax(ref_sc.score) > 25.0
+
+
+def test_rows_wider_than_a_lane_tile() -> None:
+    """Rows cut into several lane tiles (the last one partial) give the reference's bits: the
+    per-lane state (ring of windows, last observation) starts afresh in every tile, and strong
+    breaks near a tile's edge bound the windows of their own lanes only."""
+    width = 2 * kern.TILE + 37
+    z, var, valid, days, slope, slope_var = _series(7, 14, 4, 0.8, size=(3, width))
+    edge = kern.TILE
+    z[7:, :, :, edge - 6 : edge + 6] += 9  # strong steps either side of a tile edge
+    z[4:, :, :, -20:] -= 9  # and in the partial last tile
+    z = np.where(valid[:, None], z, np.nan).astype(np.float32)
+    ref_noise = md.series_noise(z, valid, days, engine="numpy")
+    for k, (r, g) in enumerate(zip(ref_noise, md.series_noise(z, valid, days), strict=True)):
+        _same_bits(r, g, f"series_noise[{k}]")
+    ref = md.excursion_stat(z, var, valid, engine="numpy")
+    for k, (r, g) in enumerate(zip(ref, md.excursion_stat(z, var, valid), strict=True)):
+        _same_bits(r, g, f"excursion_stat[{k}]")
+    kw = {"slope": slope, "slope_var": slope_var, "window": 3, "threshold": 25.0}
+    ref_sc = md.series_change(z, var, valid, days, engine="numpy", **kw)
+    got_sc = md.series_change(z, var, valid, days, **kw)
+    for name in ref_sc.__dataclass_fields__:
+        _same_bits(getattr(ref_sc, name), getattr(got_sc, name), name)
+    strong = np.nan_to_num(ref_sc.score, nan=0.0) >= 25.0
+    assert strong[:, :, edge - 6 : edge + 6].any() and strong[:, :, -20:].any()
 
 
 def test_threshold_compared_in_float32() -> None:

@@ -22,8 +22,16 @@ the future, and per-lane scratch stays in cache.
   pass (step to the next one), both with selects.
 - :func:`change_rows`: a forward pass (the before-window sums, nearest observation first, from a
   ring of the last ``window`` valid observations) and a backward pass (the after-window sums
-  and the statistic). Strong breaks reset the ring. The greedy multi-break re-pass runs only
-  for the pixels of a row with a break above the threshold, gathered into one tile.
+  and the statistic). Slots of the ring past a lane's count hold +0.0, so the window sums add
+  every slot (``x + 0.0`` is ``x``, as numpy's sums of the window's observations alone);
+  strong breaks zero the slots they end. The greedy multi-break re-pass runs only for the
+  pixels of a row with a break above the threshold, gathered into one tile.
+
+Where a lane keeps its old value or takes a new one (``dst = src if ok else dst``), the bits are
+moved through int32 views and masks (:func:`_merge`): written as a float select of two loads,
+LLVM turns it into one load from a selected address and leaves the loop scalar, which made the
+kernels 2-4x slower. Scratch rows are :data:`PAD` lanes longer than a tile, so no two of them
+sit a multiple of 4 KiB apart.
 
 No fast-math (NaN tests and the order of float32 sums must stay exact). Every function
 releases the GIL and is cached on disk.
@@ -43,6 +51,48 @@ HALF = np.float32(0.5)
 TWO = np.float32(2.0)
 NAN32 = np.float32(np.nan)
 INF32 = np.float32(np.inf)
+
+PAD = 16
+"""Extra lanes of every scratch row: row strides a multiple of 4 KiB make loads wait on
+unrelated stores (4K aliasing); 64 bytes more keeps consecutive rows apart."""
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _merge(dst, src, mask, w):  # type: ignore[no-untyped-def]
+    """``dst[:w] = where(mask, src, dst)`` on int32 views of float32 rows; ``mask`` int32,
+    -1 (take ``src``) or 0.
+
+    The bits are copied unchanged. Written with integer masks because LLVM turns a float
+    ``src[i] if ok[i] else dst[i]`` into a load from a selected address, which it cannot
+    vectorise (a scalar loop, several times slower).
+    """
+    for i in range(w):
+        a = src[i]
+        c = dst[i]
+        m = mask[i]
+        dst[i] = (a & m) | (c & ~m)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _clear_ring(ring_bits, w):  # type: ignore[no-untyped-def]
+    """Zero lanes ``:w`` of every row of ``ring_bits`` (3, window, B, lanes) int32."""
+    for q in range(ring_bits.shape[0]):
+        for j in range(ring_bits.shape[1]):
+            for b in range(ring_bits.shape[2]):
+                row = ring_bits[q, j, b]
+                for i in range(w):
+                    row[i] = 0
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _drop_from(ring_bits, j0, mask, w):  # type: ignore[no-untyped-def]
+    """Zero ring slots ``j0:`` of the lanes where ``mask`` is -1 (a strong break ends them)."""
+    for q in range(ring_bits.shape[0]):
+        for j in range(j0, ring_bits.shape[1]):
+            for b in range(ring_bits.shape[2]):
+                row = ring_bits[q, j, b]
+                for i in range(w):
+                    row[i] = row[i] & ~mask[i]
 
 
 def sorting_network(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,16 +121,26 @@ def sorting_network(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _sort_lanes(buf, net_i, net_j, w):  # type: ignore[no-untyped-def]
-    """Sort ``buf[:, :w]`` (slots, lanes) along the slots by the network ``(net_i, net_j)``."""
+def _sort_lanes(buf, net_i, net_j, w, keep):  # type: ignore[no-untyped-def]
+    """Sort ``buf[:, :w]`` (slots, lanes) along the slots by the network ``(net_i, net_j)``.
+
+    Each comparator keeps ``lo`` where ``lo <= hi`` and swaps otherwise (``keep``: int32
+    scratch of the lanes), moving bits through integer masks as :func:`_merge` does.
+    """
+    bits = buf.view(np.int32)
     for c in range(net_i.shape[0]):
         lo = buf[net_i[c]]
         hi = buf[net_j[c]]
         for i in range(w):
-            u = lo[i]
-            v = hi[i]
-            lo[i] = u if u <= v else v
-            hi[i] = v if u <= v else u
+            keep[i] = -np.int32(lo[i] <= hi[i])
+        lo_bits = bits[net_i[c]]
+        hi_bits = bits[net_j[c]]
+        for i in range(w):
+            u = lo_bits[i]
+            v = hi_bits[i]
+            m = keep[i]
+            lo_bits[i] = (u & m) | (v & ~m)
+            hi_bits[i] = (v & m) | (u & ~m)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -96,13 +156,17 @@ def noise_rows(  # type: ignore[no-untyped-def]
     t_len, n_bands, _, nx = z.shape
     m = t_len - 1
     L = TILE
-    pz = np.zeros((n_bands, L), np.float32)
+    pz = np.zeros((n_bands, L + PAD), np.float32)
     pt = np.zeros(L, np.float32)
     has = np.zeros(L, np.bool_)
     n = np.zeros(L, np.int64)
     ok = np.zeros(L, np.bool_)
-    sl = np.empty((n_bands, m, L), np.float32)
-    sq = np.empty((n_bands, m, L), np.float32)
+    sl = np.empty((n_bands, m, L + PAD), np.float32)
+    sq = np.empty((n_bands, m, L + PAD), np.float32)
+    swap_mask = np.empty(L, np.int32)
+    ok_mask = np.empty(L, np.int32)
+    pz_bits = pz.view(np.int32)
+    z_bits = z.view(np.int32)
     cnt = np.zeros((n_bands, L), np.int64)
     dt = np.empty(L, np.float32)
     total = np.empty(L, np.float32)
@@ -122,6 +186,7 @@ def noise_rows(  # type: ignore[no-untyped-def]
                 okr = valid[t, y, x0 : x0 + w]
                 for i in range(w):
                     ok[i] = okr[i]
+                    ok_mask[i] = -np.int32(okr[i])
                     d = tt - pt[i]
                     dt[i] = d if d >= min_dt else min_dt
                 for b in range(n_bands):
@@ -132,8 +197,7 @@ def noise_rows(  # type: ignore[no-untyped-def]
                         slb = sl[b, t - 1]
                         sqb = sq[b, t - 1]
                         for i in range(w):
-                            zv = zr[i]
-                            d = zv - pzb[i]
+                            d = zr[i] - pzb[i]
                             s = d / dt[i]
                             q = d * d / TWO
                             use = ok[i] & has[i]
@@ -141,10 +205,7 @@ def noise_rows(  # type: ignore[no-untyped-def]
                             slb[i] = s if s_ok else INF32
                             sqb[i] = q if use & (q == q) else INF32
                             cb[i] += 1 if s_ok else 0
-                            pzb[i] = zv if ok[i] else pzb[i]
-                    else:
-                        for i in range(w):
-                            pzb[i] = zr[i] if ok[i] else pzb[i]
+                    _merge(pz_bits[b], z_bits[t, b, y, x0 : x0 + w], ok_mask, w)
                 for i in range(w):
                     pt[i] = tt if ok[i] else pt[i]
                     has[i] = has[i] | ok[i]
@@ -153,8 +214,8 @@ def noise_rows(  # type: ignore[no-untyped-def]
                 nd = max(n[i] - 1, 0)
                 last[i] = min(max(keep_tab[nd] - 1, 0), m - 1)
             for b in range(n_bands):
-                _sort_lanes(sl[b], net_i, net_j, w)
-                _sort_lanes(sq[b], net_i, net_j, w)
+                _sort_lanes(sl[b], net_i, net_j, w, swap_mask)
+                _sort_lanes(sq[b], net_i, net_j, w, swap_mask)
                 for i in range(w):
                     total[i] = F0
                 for k in range(m):
@@ -189,13 +250,21 @@ def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-u
     """
     t_len, n_bands, _, nx = z.shape
     L = TILE
-    pz = np.zeros((n_bands, L), np.float32)
-    pv = np.zeros((n_bands, L), np.float32)
+    carry = np.empty(L, np.float32)
+    pz = np.zeros((n_bands, L + PAD), np.float32)
+    pv = np.zeros((n_bands, L + PAD), np.float32)
+    pz_bits = pz.view(np.int32)
+    pv_bits = pv.view(np.int32)
+    z_bits = z.view(np.int32)
+    stat_bits = stat.view(np.int32)
+    var_bits = var.view(np.int32)
+    ok_mask = np.empty(L, np.int32)
+    step = np.empty(L, np.float32)
+    carry_bits = carry.view(np.int32)
     acc = np.empty(L, np.float32)
     has = np.zeros(L, np.bool_)
     ok = np.zeros(L, np.bool_)
     n = np.zeros(L, np.int64)
-    carry = np.empty(L, np.float32)
     tw = np.zeros(L, np.bool_)
     first = np.zeros(L, np.bool_)
     for y in range(r0, r1):
@@ -212,6 +281,7 @@ def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-u
                 okr = valid[t, y, x0 : x0 + w]
                 for i in range(w):
                     ok[i] = okr[i]
+                    ok_mask[i] = -np.int32(okr[i])
                 for b in range(n_bands):
                     zr = z[t, b, y, x0 : x0 + w]
                     vr = var[t, b, y, x0 : x0 + w]
@@ -219,14 +289,13 @@ def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-u
                     pzb = pz[b]
                     pvb = pv[b]
                     for i in range(w):
-                        zv = zr[i]
-                        vv = vr[i]
-                        dz = zv - pzb[i]
-                        term = dz * dz / (vv + pvb[i])
+                        p = pzb[i]
+                        dz = zr[i] - p
+                        term = dz * dz / (vr[i] + pvb[i])
                         acc[i] = term if b == 0 else acc[i] + term
-                        br[i] = pzb[i] if ok[i] else NAN32
-                        pzb[i] = zv if ok[i] else pzb[i]
-                        pvb[i] = vv if ok[i] else pvb[i]
+                        br[i] = p if ok[i] else NAN32
+                    _merge(pz_bits[b], z_bits[t, b, y, x0 : x0 + w], ok_mask, w)
+                    _merge(pv_bits[b], var_bits[t, b, y, x0 : x0 + w], ok_mask, w)
                 sr = stat[t, y, x0 : x0 + w]
                 twr = two[t, y, x0 : x0 + w]
                 for i in range(w):
@@ -245,18 +314,20 @@ def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-u
                 for i in range(w):
                     o = okr[i]
                     ok[i] = o
+                    ok_mask[i] = -np.int32(o)
                     left = sr[i]
                     right = carry[i]
                     both = (left == left) & (right == right)
                     one = right if left != left else left
                     st = (left if left <= right else right) if both else one
-                    sr[i] = st if o else NAN32
+                    step[i] = st if o else NAN32
                     first[i] = not twr[i]
                     tw[i] = both & o
                     twr[i] = both & o
-                    carry[i] = left if o else carry[i]
+                _merge(carry_bits, stat_bits[t, y, x0 : x0 + w], ok_mask, w)
+                for i in range(w):
+                    sr[i] = step[i]
                 for b in range(n_bands):
-                    zr = z[t, b, y, x0 : x0 + w]
                     br = base[t, b, y, x0 : x0 + w]
                     pzb = pz[b]
                     for i in range(w):
@@ -264,7 +335,7 @@ def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-u
                         nxt = pzb[i]
                         v = (prev + nxt) * HALF if tw[i] else (nxt if first[i] else prev)
                         br[i] = v if ok[i] else NAN32
-                        pzb[i] = zr[i] if ok[i] else pzb[i]
+                    _merge(pz_bits[b], z_bits[t, b, y, x0 : x0 + w], ok_mask, w)
             # a lone observation is compared with the first invalid date (numpy's rank 1)
             for i in range(w):
                 if n[i] != 1:
@@ -300,7 +371,10 @@ def _change_pass(  # type: ignore[no-untyped-def]
     tbw,
     iwb,
     cur,
+    obs,
     acc,
+    ok,
+    ok_mask,
     score,
     n_before,
     n_after,
@@ -312,18 +386,24 @@ def _change_pass(  # type: ignore[no-untyped-def]
     numpy path, windows bounded by ``strong`` (T, lanes)); writes the six outputs.
 
     ``ring`` (3, window, B, lanes): weights, weighted values and weighted times of the last
-    (forward) or next (backward) ``rc`` valid observations, nearest first.
+    (forward) or next (backward) ``rc`` valid observations, nearest first; slots ``rc:`` are
+    +0.0. ``obs`` (3, lanes): the current observation's three terms; ``cur`` (3, lanes): the
+    statistic summed over bands; ``ok``/``ok_mask``: the date's validity as bool and as an
+    int32 mask (also the reset mask of strong breaks).
     """
     t_len, n_bands = z.shape[0], z.shape[1]
-    ok = np.empty(w, np.bool_)
+    ring_bits = ring.view(np.int32)
+    obs_bits = obs.view(np.int32)
     for i in range(w):
         rc[i] = 0
         pidx[i] = -1
+    _clear_ring(ring_bits, w)
     for t in range(t_len):
         tt = t_units[t]
         okr = valid[t, y, x0 : x0 + w]
         for i in range(w):
             ok[i] = okr[i]
+            ok_mask[i] = -np.int32(okr[i])
         for b in range(n_bands):
             zr = z[t, b, y, x0 : x0 + w]
             vr = var[t, b, y, x0 : x0 + w]
@@ -331,9 +411,9 @@ def _change_pass(  # type: ignore[no-untyped-def]
             for i in range(w):
                 zs = zr[i] - slr[i] * tt
                 wv = F1 / vr[i]
-                cur[0, i] = wv
-                cur[1, i] = zs * wv
-                cur[2, i] = wv * tt
+                obs[0, i] = wv
+                obs[1, i] = zs * wv
+                obs[2, i] = wv * tt
                 acc[0, i] = F0
                 acc[1, i] = F0
                 acc[2, i] = F0
@@ -342,7 +422,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
                     rq = ring[q, j, b]
                     aq = acc[q]
                     for i in range(w):
-                        aq[i] = aq[i] + (rq[i] if j < rc[i] else F0)
+                        aq[i] = aq[i] + rq[i]
             mbr = mean_before[t, b, y, x0 : x0 + w]
             for i in range(w):
                 mbr[i] = acc[1, i] / acc[0, i] if ok[i] else NAN32
@@ -350,17 +430,13 @@ def _change_pass(  # type: ignore[no-untyped-def]
                 iwb[t, b, i] = F1 / acc[0, i]
             for j in range(window - 1, 0, -1):
                 for q in range(3):
-                    dst = ring[q, j, b]
-                    src = ring[q, j - 1, b]
-                    for i in range(w):
-                        dst[i] = src[i] if ok[i] else dst[i]
+                    _merge(ring_bits[q, j, b], ring_bits[q, j - 1, b], ok_mask, w)
             for q in range(3):
-                dst = ring[q, 0, b]
-                for i in range(w):
-                    dst[i] = cur[q, i] if ok[i] else dst[i]
+                _merge(ring_bits[q, 0, b], obs_bits[q], ok_mask, w)
         nbr = n_before[t, y, x0 : x0 + w]
         bir = before_index[t, y, x0 : x0 + w]
         st = strong[t]
+        n_reset = 0
         for i in range(w):
             nbr[i] = np.float32(rc[i]) if ok[i] else F0
             bir[i] = pidx[i] if ok[i] else -1
@@ -368,13 +444,20 @@ def _change_pass(  # type: ignore[no-untyped-def]
             r = min(r + 1, window)
             rc[i] = r if ok[i] else rc[i]
             pidx[i] = t if ok[i] else pidx[i]
+            reset = ok[i] & st[i]
+            ok_mask[i] = -np.int32(reset)
+            n_reset += 1 if reset else 0
+        if n_reset > 0:
+            _drop_from(ring_bits, 1, ok_mask, w)
     for i in range(w):
         rc[i] = 0
+    _clear_ring(ring_bits, w)
     for t in range(t_len - 1, -1, -1):
         tt = t_units[t]
         okr = valid[t, y, x0 : x0 + w]
         for i in range(w):
             ok[i] = okr[i]
+            ok_mask[i] = -np.int32(okr[i])
             r = min(rc[i] + 1, window)
             rc[i] = r if ok[i] else rc[i]
         for b in range(n_bands):
@@ -384,25 +467,24 @@ def _change_pass(  # type: ignore[no-untyped-def]
             svr = slope_var[b, y, x0 : x0 + w]
             for j in range(window - 1, 0, -1):
                 for q in range(3):
-                    dst = ring[q, j, b]
-                    src = ring[q, j - 1, b]
-                    for i in range(w):
-                        dst[i] = src[i] if ok[i] else dst[i]
+                    _merge(ring_bits[q, j, b], ring_bits[q, j - 1, b], ok_mask, w)
             for i in range(w):
                 zs = zr[i] - slr[i] * tt
                 wv = F1 / vr[i]
-                ring[0, 0, b, i] = wv if ok[i] else ring[0, 0, b, i]
-                ring[1, 0, b, i] = zs * wv if ok[i] else ring[1, 0, b, i]
-                ring[2, 0, b, i] = wv * tt if ok[i] else ring[2, 0, b, i]
+                obs[0, i] = wv
+                obs[1, i] = zs * wv
+                obs[2, i] = wv * tt
                 acc[0, i] = F0
                 acc[1, i] = F0
                 acc[2, i] = F0
+            for q in range(3):
+                _merge(ring_bits[q, 0, b], obs_bits[q], ok_mask, w)
             for j in range(window):
                 for q in range(3):
                     rq = ring[q, j, b]
                     aq = acc[q]
                     for i in range(w):
-                        aq[i] = aq[i] + (rq[i] if j < rc[i] else F0)
+                        aq[i] = aq[i] + rq[i]
             mbr = mean_before[t, b, y, x0 : x0 + w]
             mar = mean_after[t, b, y, x0 : x0 + w]
             for i in range(w):
@@ -417,6 +499,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
         scr = score[t, y, x0 : x0 + w]
         nbr = n_before[t, y, x0 : x0 + w]
         nar = n_after[t, y, x0 : x0 + w]
+        n_reset = 0
         bir = before_index[t, y, x0 : x0 + w]
         st = strong[t]
         for i in range(w):
@@ -424,7 +507,12 @@ def _change_pass(  # type: ignore[no-untyped-def]
             good = ok[i] & (bir[i] >= 0) & (nbr[i] > F0) & (na > F0)
             scr[i] = cur[0, i] if good else NAN32
             nar[i] = na if ok[i] else F0
-            rc[i] = 0 if ok[i] & st[i] else rc[i]
+            reset = ok[i] & st[i]
+            rc[i] = 0 if reset else rc[i]
+            ok_mask[i] = -np.int32(reset)
+            n_reset += 1 if reset else 0
+        if n_reset > 0:
+            _drop_from(ring_bits, 0, ok_mask, w)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -452,13 +540,17 @@ def change_rows(  # type: ignore[no-untyped-def]
     ``before_index`` (T, y, x) int16, ``mean_before``, ``mean_after`` (T, B, y, x) float32."""
     t_len, n_bands, _, nx = z.shape
     L = TILE
-    ring = np.zeros((3, window, n_bands, L), np.float32)
+    LP = L + PAD
+    ring = np.zeros((3, window, n_bands, LP), np.float32)
     rc = np.zeros(L, np.int64)
     pidx = np.zeros(L, np.int64)
-    tbw = np.empty((t_len, n_bands, L), np.float32)
-    iwb = np.empty((t_len, n_bands, L), np.float32)
-    cur = np.empty((3, L), np.float32)
-    acc = np.empty((3, L), np.float32)
+    tbw = np.empty((t_len, n_bands, LP), np.float32)
+    iwb = np.empty((t_len, n_bands, LP), np.float32)
+    cur = np.empty((3, LP), np.float32)
+    obs = np.empty((3, LP), np.float32)
+    acc = np.empty((3, LP), np.float32)
+    ok = np.empty(L, np.bool_)
+    ok_mask = np.empty(L, np.int32)
     strong = np.zeros((t_len, L), np.bool_)
     busy = np.empty(nx, np.int64)
     hit = np.zeros(L, np.bool_)
@@ -500,7 +592,10 @@ def change_rows(  # type: ignore[no-untyped-def]
                 tbw,
                 iwb,
                 cur,
+                obs,
                 acc,
+                ok,
+                ok_mask,
                 score,
                 n_before,
                 n_after,
@@ -565,7 +660,10 @@ def change_rows(  # type: ignore[no-untyped-def]
                     tbw,
                     iwb,
                     cur,
+                    obs,
                     acc,
+                    ok,
+                    ok_mask,
                     g_score,
                     g_nb,
                     g_na,

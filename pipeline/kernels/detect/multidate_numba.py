@@ -23,15 +23,15 @@ the future, and per-lane scratch stays in cache.
 - :func:`change_rows`: a forward pass (the before-window sums, nearest observation first, from a
   ring of the last ``window`` valid observations) and a backward pass (the after-window sums
   and the statistic). Slots of the ring past a lane's count hold +0.0, so the window sums add
-  every slot (``x + 0.0`` is ``x``, as numpy's sums of the window's observations alone);
+  every slot: an unused one adds +0.0, the same operation as the masked sum it replaces;
   strong breaks zero the slots they end. The greedy multi-break re-pass runs only for the
   pixels of a row with a break above the threshold, gathered into one tile.
 
 Where a lane keeps its old value or takes a new one (``dst = src if ok else dst``), the bits are
 moved through int32 views and masks (:func:`_merge`): written as a float select of two loads,
-LLVM turns it into one load from a selected address and leaves the loop scalar, which made the
-kernels 2-4x slower. Scratch rows are :data:`PAD` lanes longer than a tile, so no two of them
-sit a multiple of 4 KiB apart.
+LLVM turns it into one load from a selected address and leaves the loop scalar (the noise
+estimate and the step test took about twice as long). Scratch rows are :data:`PAD` lanes
+longer than a tile, so no two of them sit a multiple of 4 KiB apart.
 
 No fast-math (NaN tests and the order of float32 sums must stay exact). Every function
 releases the GIL and is cached on disk.
@@ -64,7 +64,7 @@ def _merge(dst, src, mask, w):  # type: ignore[no-untyped-def]
 
     The bits are copied unchanged. Written with integer masks because LLVM turns a float
     ``src[i] if ok[i] else dst[i]`` into a load from a selected address, which it cannot
-    vectorise (a scalar loop, several times slower).
+    vectorise (a scalar loop: noise and the step test ran about twice as long).
     """
     for i in range(w):
         a = src[i]

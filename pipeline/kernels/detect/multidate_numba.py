@@ -74,17 +74,6 @@ def _merge(dst, src, mask, w):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _clear_ring(ring_bits, w):  # type: ignore[no-untyped-def]
-    """Zero lanes ``:w`` of every row of ``ring_bits`` (3, window, B, lanes) int32."""
-    for q in range(ring_bits.shape[0]):
-        for j in range(ring_bits.shape[1]):
-            for b in range(ring_bits.shape[2]):
-                row = ring_bits[q, j, b]
-                for i in range(w):
-                    row[i] = 0
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
 def _drop_from(ring_bits, j0, mask, w):  # type: ignore[no-untyped-def]
     """Zero ring slots ``j0:`` of the lanes where ``mask`` is -1 (a strong break ends them)."""
     for q in range(ring_bits.shape[0]):
@@ -387,7 +376,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
 
     ``ring`` (3, window, B, lanes): weights, weighted values and weighted times of the last
     (forward) or next (backward) ``rc`` valid observations, nearest first; slots ``rc:`` are
-    +0.0. ``obs`` (3, lanes): the current observation's three terms; ``cur`` (3, lanes): the
+    +0.0. ``obs`` (3, lanes): the current observation's three terms; ``cur`` (lanes): the
     statistic summed over bands; ``ok``/``ok_mask``: the date's validity as bool and as an
     int32 mask (also the reset mask of strong breaks).
     """
@@ -397,7 +386,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
     for i in range(w):
         rc[i] = 0
         pidx[i] = -1
-    _clear_ring(ring_bits, w)
+    ring[:, :, :, :w] = F0
     for t in range(t_len):
         tt = t_units[t]
         okr = valid[t, y, x0 : x0 + w]
@@ -451,7 +440,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
             _drop_from(ring_bits, 1, ok_mask, w)
     for i in range(w):
         rc[i] = 0
-    _clear_ring(ring_bits, w)
+    ring[:, :, :, :w] = F0
     for t in range(t_len - 1, -1, -1):
         tt = t_units[t]
         okr = valid[t, y, x0 : x0 + w]
@@ -494,7 +483,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
                 v = F1 / wa + iwb[t, b, i] + gap * gap * svr[i]
                 d = ma - mbr[i]
                 term = d * d / v
-                cur[0, i] = term if b == 0 else cur[0, i] + term
+                cur[i] = term if b == 0 else cur[i] + term
                 mar[i] = ma if ok[i] else NAN32
         scr = score[t, y, x0 : x0 + w]
         nbr = n_before[t, y, x0 : x0 + w]
@@ -505,7 +494,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
         for i in range(w):
             na = np.float32(rc[i])
             good = ok[i] & (bir[i] >= 0) & (nbr[i] > F0) & (na > F0)
-            scr[i] = cur[0, i] if good else NAN32
+            scr[i] = cur[i] if good else NAN32
             nar[i] = na if ok[i] else F0
             reset = ok[i] & st[i]
             rc[i] = 0 if reset else rc[i]
@@ -546,7 +535,7 @@ def change_rows(  # type: ignore[no-untyped-def]
     pidx = np.zeros(L, np.int64)
     tbw = np.empty((t_len, n_bands, LP), np.float32)
     iwb = np.empty((t_len, n_bands, LP), np.float32)
-    cur = np.empty((3, LP), np.float32)
+    cur = np.empty(LP, np.float32)
     obs = np.empty((3, LP), np.float32)
     acc = np.empty((3, LP), np.float32)
     ok = np.empty(L, np.bool_)

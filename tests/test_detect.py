@@ -24,6 +24,7 @@ from pipeline.kernels.detect.neighbourhood import (
     gradient_sq,
     laplacian_sq,
     local_background,
+    median3x3,
     smooth,
     surroundings,
 )
@@ -521,6 +522,20 @@ def test_neighbourhood_kernels_agree_on_any_chunking(cy: int, cx: int, window: i
 
 
 # --- kernels ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 1, 5), (1, 6, 1), (3, 2, 2), (2, 37, 53)])
+def test_median3x3_is_scipy_median_filter(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    # ties and repeated values as well as distinct ones
+    img = rng.integers(0, 5, size=shape).astype(np.float32) * np.float32(0.25)
+    img += rng.random(shape, dtype=np.float32) * (rng.random(shape) < 0.5)
+    want = ndimage.median_filter(img, size=(1, 3, 3))
+    got = median3x3(img)
+    assert got.dtype == img.dtype
+    np.testing.assert_array_equal(got, want)
+    lazy = da.from_array(img, chunks=(1, 7, 11))
+    np.testing.assert_array_equal(median3x3(lazy).compute(), want)
 
 
 def test_local_background_ignores_a_small_object_and_invalid_pixels() -> None:

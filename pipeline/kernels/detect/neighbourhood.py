@@ -83,6 +83,48 @@ def dilate(mask: Any, radius_px: int) -> Any:
     return _run(func, mask, radius_px, bool)
 
 
+MEDIAN9_NETWORK = (
+    (1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
+    (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2),
+)  # fmt: skip
+"""Compare-exchanges ``(i, j)`` (``min`` to ``i``, ``max`` to ``j``) that leave the median of
+nine values in slot 4 (Paeth's median-of-9 network, 19 exchanges)."""
+
+
+def median3x3(img: Any) -> Any:
+    """Median of each pixel's 3 x 3 neighbourhood, per band (edges repeated).
+
+    The same values as ``scipy.ndimage.median_filter(img, size=(1, 3, 3))`` (its default
+    ``reflect`` mode repeats the edge pixel at a reach of one) about five times faster: every
+    output is one of its nine inputs, chosen by :data:`MEDIAN9_NETWORK` over whole shifted
+    copies of the array.
+
+    Parameters
+    ----------
+    img
+        (..., y, x) float array without NaN (a NaN would not sort).
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+        Same shape and dtype.
+    """
+
+    def func(a: np.ndarray) -> np.ndarray:
+        ny, nx = a.shape[-2:]
+        pad = ((0, 0),) * (a.ndim - 2) + ((1, 1), (1, 1))
+        p = np.pad(a, pad, mode="edge")
+        v = [p[..., dy : dy + ny, dx : dx + nx].copy() for dy in range(3) for dx in range(3)]
+        spare = np.empty_like(a)
+        for i, j in MEDIAN9_NETWORK:
+            np.minimum(v[i], v[j], out=spare)
+            np.maximum(v[i], v[j], out=v[j])
+            v[i], spare = spare, v[i]
+        return v[4]
+
+    return _run(func, img, 1, img.dtype)
+
+
 def gaussian_weights_sq(sigma_px: float) -> float:
     """Sum of squared weights of the Gaussian kernel of :func:`smooth` (its variance factor)."""
     size = 2 * _gauss_radius(sigma_px) + 1

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
-from scipy import ndimage
 from scipy.stats import chi2
 
 from pipeline.config import DetectConfig
 from pipeline.grid import grid_transform
 from pipeline.kernels.detect import clouds, multidate, noise, onedate
-from pipeline.kernels.detect.neighbourhood import local_background
+from pipeline.kernels.detect.neighbourhood import local_background, median3x3
 from pipeline.kernels.detect.windows import null_stride
 
 
@@ -39,7 +38,7 @@ def drift(
     """Pixel noise floor (B, y, x), smoothed drift rate and its variance (B, y, x)."""
     px_noise, slope = multidate.series_noise(z, valid, days, trim=cfg.series_noise_trim)
     px_noise = np.nan_to_num(px_noise, nan=0.0)
-    floor = np.maximum(px_noise, ndimage.median_filter(px_noise, size=(1, 3, 3)))
+    floor = np.maximum(px_noise, median3x3(px_noise))
     n_bands = z.shape[1]
     if not cfg.drift:
         zero = np.zeros((n_bands, *z.shape[2:]), np.float32)

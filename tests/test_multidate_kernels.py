@@ -59,6 +59,10 @@ def test_numba_engine_gives_the_reference_bits(t_len: int, n_bands: int, seed: i
     got = md.excursion_stat(z, var, valid, threads=3)
     for k, (r, g) in enumerate(zip(ref, got, strict=True)):
         _same_bits(r, g, f"excursion_stat[{k}]")
+    *lean, no_base = md.excursion_stat(z, var, valid, threads=2, baseline=False)
+    assert no_base is None
+    for k, (r, g) in enumerate(zip(ref[:2], lean, strict=True)):
+        _same_bits(r, g, f"excursion_stat[{k}] without the baseline")
     for window in (1, 3, 5):
         kw = {"slope": slope, "slope_var": slope_var, "window": window, "threshold": 25.0}
         ref_sc = md.series_change(z, var, valid, days, engine="numpy", **kw)

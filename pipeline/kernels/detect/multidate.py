@@ -261,19 +261,22 @@ def _excursion_np(z: np.ndarray, valid: np.ndarray, var: np.ndarray) -> np.ndarr
 
 
 def _excursion_nb(
-    z: np.ndarray, valid: np.ndarray, var: np.ndarray, threads: int = 1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    z: np.ndarray, valid: np.ndarray, var: np.ndarray, threads: int = 1, baseline: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     t_len, _, ny, nx = z.shape
     stat = np.empty((t_len, ny, nx), np.float32)
     two = np.empty((t_len, ny, nx), bool)
-    base = np.empty(z.shape, np.float32)
-    run_rows(kern.excursion_rows, ny, threads, _f32(z), _ok(valid), _f32(var), stat, two, base)
-    return stat, two, base
+    # without the baseline the kernel gets a stand-in of the same type (no second compilation)
+    base = np.empty(z.shape if baseline else (1, 1, 1, 1), np.float32)
+    args = (_f32(z), _ok(valid), _f32(var), baseline, stat, two, base)
+    run_rows(kern.excursion_rows, ny, threads, *args)
+    return stat, two, base if baseline else None
 
 
 def _excursion_nb_stacked(z: np.ndarray, valid: np.ndarray, var: np.ndarray) -> np.ndarray:
     """:func:`_excursion_nb` in the stacked layout of :func:`_excursion_np` (dask blocks)."""
     stat, two, base = _excursion_nb(z, valid, var)
+    assert base is not None
     out = np.empty((2 + z.shape[1], *stat.shape), dtype=np.float32)
     out[0] = stat
     out[1] = two
@@ -282,7 +285,13 @@ def _excursion_nb_stacked(z: np.ndarray, valid: np.ndarray, var: np.ndarray) -> 
 
 
 def excursion_stat(
-    z: Any, var: Any, valid: Any, *, engine: Engine = "numba", threads: int = 1
+    z: Any,
+    var: Any,
+    valid: Any,
+    *,
+    engine: Engine = "numba",
+    threads: int = 1,
+    baseline: bool = True,
 ) -> tuple[Any, Any, Any]:
     """How much each observation departs from its neighbours in time.
 
@@ -298,6 +307,9 @@ def excursion_stat(
         ``"numba"`` (compiled loops) or ``"numpy"`` (the reference); same bits.
     threads
         Threads of the numba engine on numpy input (bands of rows); a dask block runs on one.
+    baseline
+        False: no ``baseline`` (None), which the numba engine on numpy input then neither
+        computes nor writes (a third less memory traffic).
 
     Returns
     -------
@@ -309,14 +321,15 @@ def excursion_stat(
         (T, y, x) bool: the observation has a valid neighbour on both sides.
     baseline : array
         (T, B, y, x) float32 what the observation is compared with: the mean of its two
-        neighbours (two-sided), else its single neighbour.
+        neighbours (two-sided), else its single neighbour; None unless ``baseline``.
     """
     check_engine(engine)
     if engine == "numba" and not is_dask(z, var, valid):
-        return _excursion_nb(np.asarray(z), np.asarray(valid), np.asarray(var), threads)
+        zn, okn, vn = np.asarray(z), np.asarray(valid), np.asarray(var)
+        return _excursion_nb(zn, okn, vn, threads, baseline)
     out = _blocks(_excursion_np if engine == "numpy" else _excursion_nb_stacked, z, valid, var)
     move = da.moveaxis if is_dask(out) else np.moveaxis
-    return out[0], out[1] > 0.5, move(out[2:], 0, 1)
+    return out[0], out[1] > 0.5, move(out[2:], 0, 1) if baseline else None
 
 
 @dataclass(frozen=True)

@@ -229,9 +229,9 @@ def noise_rows(  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-untyped-def]
+def excursion_rows(z, valid, var, with_base, stat, two, base, r0, r1):  # type: ignore[no-untyped-def]
     """Rows ``r0:r1`` of ``_excursion_np``: ``stat`` (T, y, x) float32, ``two`` (T, y, x)
-    bool, ``base`` (T, B, y, x) float32.
+    bool, ``base`` (T, B, y, x) float32 (neither read nor written unless ``with_base``).
 
     Forward pass: ``stat`` holds the step from the previous valid observation (NaN: none),
     ``base`` the previous observation, ``two`` whether there is one. Backward pass: the step to
@@ -274,15 +274,16 @@ def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-u
                 for b in range(n_bands):
                     zr = z[t, b, y, x0 : x0 + w]
                     vr = var[t, b, y, x0 : x0 + w]
-                    br = base[t, b, y, x0 : x0 + w]
                     pzb = pz[b]
                     pvb = pv[b]
                     for i in range(w):
-                        p = pzb[i]
-                        dz = zr[i] - p
+                        dz = zr[i] - pzb[i]
                         term = dz * dz / (vr[i] + pvb[i])
                         acc[i] = term if b == 0 else acc[i] + term
-                        br[i] = p if ok[i] else NAN32
+                    if with_base:
+                        br = base[t, b, y, x0 : x0 + w]
+                        for i in range(w):
+                            br[i] = pzb[i] if ok[i] else NAN32
                     _merge(pz_bits[b], z_bits[t, b, y, x0 : x0 + w], ok_mask, w)
                     _merge(pv_bits[b], var_bits[t, b, y, x0 : x0 + w], ok_mask, w)
                 sr = stat[t, y, x0 : x0 + w]
@@ -316,6 +317,8 @@ def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-u
                 _merge(carry_bits, stat_bits[t, y, x0 : x0 + w], ok_mask, w)
                 for i in range(w):
                     sr[i] = step[i]
+                if not with_base:
+                    continue
                 for b in range(n_bands):
                     br = base[t, b, y, x0 : x0 + w]
                     pzb = pz[b]
@@ -327,7 +330,7 @@ def excursion_rows(z, valid, var, stat, two, base, r0, r1):  # type: ignore[no-u
                     _merge(pz_bits[b], z_bits[t, b, y, x0 : x0 + w], ok_mask, w)
             # a lone observation is compared with the first invalid date (numpy's rank 1)
             for i in range(w):
-                if n[i] != 1:
+                if n[i] != 1 or not with_base:
                     continue
                 tv = -1
                 ti = -1

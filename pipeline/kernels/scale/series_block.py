@@ -152,16 +152,17 @@ def _strip_series(
     cfg: DetectConfig,
 ) -> tuple[multidate.SeriesChange, np.ndarray]:
     """Excursions left out, then the step test, on one strip (every input is the strip's)."""
+    # the kernels take C-contiguous arrays: copy the strip's rows once, not at every call
+    z, valid, slope, slope_var = (np.ascontiguousarray(a) for a in (z, valid, slope, slope_var))
     var = np.maximum(factor[:, :, None, None], (floor**2)[None]).astype(np.float32)
     used = valid.copy()
     if cfg.excursion_mask:
         level = float(chi2.isf(cfg.excursion_false_alarm_rate, z.shape[1]))
-        kw = {"engine": "numba"}
         for _ in range(max(1, cfg.excursion_passes)):
-            stat, two, _base = multidate.excursion_stat(z, var, used, **kw)
+            stat, two, _ = multidate.excursion_stat(z, var, used, baseline=False)
             with np.errstate(invalid="ignore"):
                 drop = used & two & (stat >= level)
-            del stat, two, _base
+            del stat, two
             if not drop.any():
                 break
             used &= ~drop

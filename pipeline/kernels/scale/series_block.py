@@ -233,9 +233,9 @@ def block_series(
             params,
             cfg,
         )
-        score[:, rows] = np.asarray(sc.score, dtype=np.float32) / scale
-        mean_before[:, :, rows] = sc.mean_before * s
-        mean_after[:, :, rows] = sc.mean_after * s
+        np.divide(sc.score, scale, out=score[:, rows])
+        np.multiply(sc.mean_before, s, out=mean_before[:, :, rows])
+        np.multiply(sc.mean_after, s, out=mean_after[:, :, rows])
         before_index[:, rows] = sc.before_index
     return BlockSeries(
         score=score,

@@ -268,7 +268,7 @@ def _odc_load(
     geobox: GeoBox,
     bands: Sequence[str],
     keys: list[Any],
-    chunk_px: int,
+    chunk_px: int | None,
     resampling: str,
     network: NetworkConfig,
 ) -> xr.Dataset:
@@ -292,7 +292,7 @@ def _odc_load(
                     geobox=geobox,
                     groupby=group,
                     preserve_original_order=True,
-                    chunks={"x": chunk_px, "y": chunk_px},
+                    chunks=None if chunk_px is None else {"x": chunk_px, "y": chunk_px},
                     resampling={"*": resampling, SCL: "nearest"},
                     stac_cfg=STAC_CFG,
                 )
@@ -316,7 +316,7 @@ def load_cube(
     items: Iterable[pystac.Item],
     geobox: GeoBox,
     bands: Sequence[str] = BANDS,
-    chunk_px: int = 512,
+    chunk_px: int | None = 512,
     *,
     dilation_px: int = 3,
     site_name: str = "",
@@ -334,7 +334,7 @@ def load_cube(
     bands
         Reflectance bands of the vocabulary; ``scl`` is always loaded too.
     chunk_px
-        Spatial chunk size of the dask arrays.
+        Spatial chunk size of the dask arrays; None: read now, into numpy arrays (one window).
     dilation_px
         Growth of the SCL cloud / shadow masks, pixels (see :func:`valid_mask`).
     site_name
@@ -347,8 +347,9 @@ def load_cube(
     Returns
     -------
     xarray.Dataset
-        Dask-backed, nothing read yet beyond metadata. One time step per solar day (its
-        coordinate is the datetime of the day's first Item); variables per the Cube contract.
+        Dask-backed, nothing read yet beyond metadata (numpy-backed, read, if ``chunk_px`` is
+        None). One time step per solar day (its coordinate is the datetime of the day's first
+        Item); variables per the Cube contract.
 
     Raises
     ------
@@ -432,6 +433,41 @@ def _day_items(items: Sequence[pystac.Item], geobox: GeoBox) -> list[list[pystac
     """The Items of each date in the cube's time order, the one stamping the date first."""
     ordered, days = _ordered([normalise_item(it) for it in items], geobox)
     return [[it for it, e in zip(ordered, days, strict=True) if e == d] for d in sorted(set(days))]
+
+
+def items_by_time(
+    items: Sequence[pystac.Item], geobox: GeoBox, times: Sequence[Any]
+) -> list[list[pystac.Item]]:
+    """The Items :func:`load_cube` fused into each of ``times`` (a cube's time coordinates).
+
+    Parameters
+    ----------
+    items
+        The Items the cube was loaded from (any subset of its dates may have been kept).
+    geobox
+        The cube's grid.
+    times
+        Time coordinates of the cube (``numpy.datetime64``): the datetime of each day's first
+        Item.
+
+    Returns
+    -------
+    list of list of pystac.Item
+        Per time, the Items of its solar day, in the order the loader fuses them.
+
+    Raises
+    ------
+    DataError
+        When a time is not the first datetime of any day of ``items``.
+    """
+    days = {np.datetime64(_naive_utc(day[0]), "ns"): day for day in _day_items(items, geobox)}
+    out = []
+    for t in times:
+        key = np.datetime64(t, "ns")
+        if key not in days:
+            raise DataError(f"no Items of the cube's date {key}: pass the Items it was loaded from")
+        out.append(days[key])
+    return out
 
 
 def aoi_mask(site: Site, geobox: GeoBox) -> np.ndarray:

@@ -3,14 +3,16 @@ data).
 
 A :class:`StackReader` hands out one window of one date at a time: the detect stage never holds
 a date of the whole tile. :class:`CubeReader` reads an xarray cube (numpy, zarr or dask
-backed); :class:`pipeline.simulate.tile.SyntheticStack` generates one.
+backed); :class:`ItemsReader` reads the windows of a cube loaded from STAC Items straight from
+their COGs; :class:`pipeline.simulate.tile.SyntheticStack` generates one.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dask
 import numpy as np
@@ -18,6 +20,11 @@ from affine import Affine
 
 from pipeline.errors import DataError
 from pipeline.grid import grid_transform
+
+if TYPE_CHECKING:
+    import pystac
+
+    from pipeline.config import NetworkConfig
 
 SAMPLE_WINDOW_PX = 32
 """Side of the sample windows of the radiometric fit."""
@@ -121,6 +128,82 @@ class CubeReader:
             )
             for w in parts
         ]
+
+
+class ItemsReader(CubeReader):
+    """A :class:`CubeReader` whose windows are read straight from the cube's Items' COGs.
+
+    :meth:`read` loads one window of one date with odc-stac into memory (no dask graph): the
+    day's Items, the window grown by the cloud mask's dilation, harmonised and masked by
+    :func:`pipeline.io.load.load_cube` itself, then cropped. Each read decodes only the COG
+    blocks under the window; computed from the lazy cube instead, a window with a halo computes
+    every 512 px chunk it touches (up to 9) through a dask graph. The same values
+    (``tests/test_tile_read.py``). :meth:`read_many` (the sample step's many small windows of
+    one date) stays on the lazy cube: one computation reads them all.
+
+    Parameters
+    ----------
+    cube
+        A cube of :func:`pipeline.io.load.load_cube` (or :func:`pipeline.io.load.load_site`),
+        any of its dates kept.
+    items
+        The Items it was loaded from (signed, if the catalog signs them).
+    bands
+        Bands compared.
+    dilation_px
+        The cloud mask's dilation the cube was loaded with.
+    resampling
+        The reflectance resampling it was loaded with.
+    network
+        Retries and timeouts of COG reads over HTTP; defaults when None.
+
+    Raises
+    ------
+    DataError
+        As :class:`CubeReader`, or when a date of the cube has no Items.
+    """
+
+    def __init__(
+        self,
+        cube: Any,
+        items: Sequence[pystac.Item],
+        bands: tuple[str, ...] = ("blue", "green", "red", "nir"),
+        *,
+        dilation_px: int,
+        resampling: str = "cubic",
+        network: NetworkConfig | None = None,
+    ):
+        from odc.geo.geobox import GeoBox
+
+        from pipeline.io.load import items_by_time
+
+        super().__init__(cube, bands)
+        self.geobox = GeoBox(self.shape, self.transform, self.crs)
+        self.day_items = items_by_time(items, self.geobox, cube["time"].values)
+        self.dilation_px = int(dilation_px)
+        self.resampling = resampling
+        self.network = network
+
+    def read(self, t: int, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        """(B, h, w) float32 bands and (h, w) bool validity of date ``t`` over a window."""
+        from pipeline.io.load import load_cube
+
+        ny, nx = self.shape
+        r0, r1, _ = rows.indices(ny)
+        c0, c1, _ = cols.indices(nx)
+        m = self.dilation_px
+        y0, y1, x0, x1 = max(r0 - m, 0), min(r1 + m, ny), max(c0 - m, 0), min(c1 + m, nx)
+        win = load_cube(
+            self.day_items[t],
+            self.geobox[y0:y1, x0:x1],
+            self.bands,
+            chunk_px=None,
+            dilation_px=self.dilation_px,
+            resampling=self.resampling,
+            network=self.network,
+        ).isel(time=0, y=slice(r0 - y0, r1 - y0), x=slice(c0 - x0, c1 - x0))
+        bands = np.stack([np.asarray(win[b].values, dtype=np.float32) for b in self.bands])
+        return bands, np.asarray(win["valid"].values, dtype=bool)
 
 
 def read_window(

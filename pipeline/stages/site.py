@@ -201,7 +201,8 @@ def run_tile(cfg: Config, site_name: str, method: str | None = None) -> dict:
         When fewer than 2 dates are usable or a COG cannot be read.
     """
     from pipeline.io.cluster import client_from_config
-    from pipeline.stages.tile import CubeReader, detect_tile
+    from pipeline.io.tile_read import ItemsReader
+    from pipeline.stages.tile import detect_tile
 
     chosen = cfg.detect.method if method is None else method
     if chosen not in DETECT_METHODS:
@@ -219,7 +220,13 @@ def run_tile(cfg: Config, site_name: str, method: str | None = None) -> dict:
                     f"load.min_valid_fraction={cfg.load.min_valid_fraction} valid: need 2 to find "
                     "change; widen the period"
                 )
-            reader = CubeReader(cube, bands=tuple(b for b in cfg.load.bands if b in cube))
+            reader = ItemsReader(
+                cube,
+                signed,
+                tuple(b for b in cfg.load.bands if b in cube),
+                dilation_px=cfg.load.cloud_dilation_px,
+                network=cfg.network,
+            )
             run: dict[str, Any] = {"grid_px": list(reader.shape), "bands": list(reader.bands)}
             run["seconds"] = {"load": round(time.perf_counter() - start, 3)}
             with load.reading(f"tile {site_name}", signed):

@@ -1,0 +1,85 @@
+"""Window readers of the tile stage: :class:`ItemsReader` against :class:`CubeReader`.
+
+Real parts: COGs and STAC Items written by :mod:`pipeline.simulate.tile_catalog` (uint16
+DEFLATE bands at 10 m, SCL at 20 m, clouds), read back with pystac and the odc-stac loader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from odc.geo.geobox import GeoBox
+
+from pipeline.config import DetectConfig
+from pipeline.errors import DataError
+from pipeline.io.load import load_cube
+from pipeline.io.tile_read import CubeReader, ItemsReader, read_window
+from pipeline.simulate.tile import SyntheticStack
+from pipeline.simulate.tile_catalog import read_tile_items, write_tile_catalog
+from pipeline.stages.tile import detect_tile
+
+BANDS = ("blue", "green", "red", "nir")
+SIZE, DATES, DILATION = 300, 4, 3
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, GeoBox]:
+    stack = SyntheticStack((SIZE, SIZE), DATES, seed=3, object_spacing_px=128)
+    out = tmp_path_factory.mktemp("tile_read") / "catalog"
+    write_tile_catalog(stack, out)
+    items = read_tile_items(Path(out) / "catalog.json")
+    return items, GeoBox(stack.shape, stack.transform, stack.crs)
+
+
+def _cube(items: list, geobox: GeoBox, chunk_px: int = 128):  # type: ignore[no-untyped-def]
+    return load_cube(items, geobox, BANDS, chunk_px, dilation_px=DILATION)
+
+
+WINDOWS = [
+    (slice(0, SIZE), slice(0, SIZE)),  # the whole grid
+    (slice(100, 240), slice(90, 230)),  # across chunk borders
+    (slice(0, 7), slice(293, 300)),  # a corner: the mask's dilation clipped by the edge
+    (slice(150, 151), slice(5, 6)),  # one pixel
+]
+
+
+@pytest.mark.parametrize(("rows", "cols"), WINDOWS)
+def test_items_reader_reads_what_the_cube_holds(catalog, rows: slice, cols: slice) -> None:
+    items, geobox = catalog
+    cube = _cube(items, geobox).isel(time=[0, 2, 3])  # dates dropped as load_site drops them
+    lazy = CubeReader(cube, BANDS)
+    direct = ItemsReader(cube, items, BANDS, dilation_px=DILATION)
+    assert direct.dates == lazy.dates and direct.shape == lazy.shape
+    masked = 0
+    for t in range(3):
+        want_bands, want_valid = read_window(lazy, t, rows, cols)
+        got_bands, got_valid = read_window(direct, t, rows, cols)
+        np.testing.assert_array_equal(got_bands, want_bands)
+        np.testing.assert_array_equal(got_valid, want_valid)
+        masked += int((~want_valid).sum())
+    if rows.stop - rows.start == SIZE:
+        assert masked > 0  # the clouds and their dilated margins are in the comparison
+
+
+def test_tile_stage_finds_the_same_objects_with_either_reader(catalog) -> None:
+    items, geobox = catalog
+    cube = _cube(items, geobox)
+    cfg = DetectConfig()
+    runs = [
+        detect_tile(reader, cfg, method="multidate", chunk_px=128, n_threads=2)
+        for reader in (
+            CubeReader(cube, BANDS),
+            ItemsReader(cube, items, BANDS, dilation_px=DILATION),
+        )
+    ]
+    assert runs[0].features, "the planted objects are found"
+    assert runs[1].features == runs[0].features
+
+
+def test_items_reader_needs_the_items_of_every_date(catalog) -> None:
+    items, geobox = catalog
+    cube = _cube(items, geobox)
+    with pytest.raises(DataError, match="no Items of the cube's date"):
+        ItemsReader(cube, items[:2], BANDS, dilation_px=DILATION)

@@ -100,6 +100,14 @@ BUILD = ROOT / "build" / "cogbench"
 BANDS = ("blue", "green", "red", "nir")
 """Bands loaded and compared."""
 
+READERS = ("items", "cube")
+"""Window readers of the stage: ``items`` (:class:`pipeline.io.tile_read.ItemsReader`, what
+``basewatch tile`` uses: each window loaded from the COGs on its own) and ``cube``
+(:class:`pipeline.io.tile_read.CubeReader`: each window computed from the lazy cube's chunks)."""
+
+DILATION_PX = 3
+"""Growth of the SCL cloud mask (the loader's default)."""
+
 PROBE_WINDOWS = 12
 """Stream windows re-read after the stage to split reading into decoding and the rest."""
 
@@ -170,17 +178,24 @@ class TimedReader:
         return self.inner.transform
 
     def read(self, t: int, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
-        """(B, h, w) float32 bands and (h, w) validity of date ``t`` (timed)."""
-        return self.read_many(t, [(rows, cols)])[0]
+        """(B, h, w) float32 bands and (h, w) validity of date ``t`` (the inner reader's
+        ``read``, timed)."""
+        return self._timed(t, [(rows, cols)], lambda: [self.inner.read(t, rows, cols)])[0]
 
     def read_many(
         self, t: int, windows: list[tuple[slice, slice]]
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`read` of several windows of date ``t`` in one call of the inner reader's
-        ``read_many`` (as the stage reads its sample), timed as one read: ``sample`` when every
-        window is at most the sample side, else ``stream``."""
+        ``read_many`` (as the stage reads its sample), timed as one read."""
+        return self._timed(t, windows, lambda: self.inner.read_many(t, windows))
+
+    def _timed(
+        self, t: int, windows: list[tuple[slice, slice]], read: Any
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``read()``, timed as ``sample`` when every window is at most the sample side, else
+        as ``stream``."""
         start = time.perf_counter()
-        parts = self.inner.read_many(t, windows)
+        parts = read()
         seconds = time.perf_counter() - start
         big = any(r.stop - r.start > self._sample_px for r, _ in windows)
         part = "stream" if big else "sample"
@@ -261,16 +276,22 @@ def probe_decode(timed: TimedReader, layers: set[str], n: int = PROBE_WINDOWS) -
 
 
 def child(
-    method: str, folder: Path, size: int, dates: int, seed: int, load_chunk: int
+    method: str,
+    folder: Path,
+    size: int,
+    dates: int,
+    seed: int,
+    load_chunk: int,
+    reader_kind: str = "items",
 ) -> dict[str, Any]:
-    """One method's run (step 2 of the module docstring), in this process."""
+    """One method's run with one reader (step 2 of the module docstring), in this process."""
     import geopandas  # noqa: F401  (imported before the clock: the writer's import)
     from odc.geo.geobox import GeoBox
 
     from pipeline.config import DetectConfig
     from pipeline.io.load import load_cube
     from pipeline.io.report.products import write_detections_parquet
-    from pipeline.io.tile_read import SAMPLE_WINDOW_PX, CubeReader
+    from pipeline.io.tile_read import SAMPLE_WINDOW_PX, CubeReader, ItemsReader
     from pipeline.simulate.tile import SyntheticStack
     from pipeline.simulate.tile_catalog import read_tile_items
     from pipeline.stages.tile import detect_tile
@@ -281,13 +302,19 @@ def child(
     start = time.perf_counter()
     items = read_tile_items(folder / "catalog.json")
     geobox = GeoBox(stack.shape, stack.transform, stack.crs)
-    cube = load_cube(items, geobox, BANDS, chunk_px=load_chunk)
-    reader = CubeReader(cube, BANDS)
+    cube = load_cube(items, geobox, BANDS, chunk_px=load_chunk, dilation_px=DILATION_PX)
+
+    def make_reader(c: Any) -> Any:
+        if reader_kind == "cube":
+            return CubeReader(c, BANDS)
+        return ItemsReader(c, items, BANDS, dilation_px=DILATION_PX)
+
+    reader = make_reader(cube)
     steps["open"] = time.perf_counter() - start
 
     warm = min(WARM_PX, size)
     start = time.perf_counter()
-    crop = CubeReader(cube.isel(y=slice(0, warm), x=slice(0, warm)), BANDS)
+    crop = make_reader(cube.isel(y=slice(0, warm), x=slice(0, warm)))
     detect_tile(crop, cfg, method=method, n_threads=THREADS)  # type: ignore[arg-type]
     warm_s = time.perf_counter() - start
 
@@ -296,10 +323,14 @@ def child(
     result = detect_tile(timed, cfg, method=method, n_threads=THREADS)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     stage_peak = peak_rss_mb()
-    probe = probe_decode(timed, read_layers(cube))
-    decode_share = probe["decode_s"] / max(probe["read_s"], 1e-9)
     steps.update(result.seconds)
-    task = {"read": timed.seconds["stream"], "read_decode": decode_share * timed.seconds["stream"]}
+    task = {"read": timed.seconds["stream"]}
+    probe: dict[str, Any] | None = None
+    decode_share = None
+    if reader_kind == "cube":  # odc-stac's read tasks are dask tasks only on the cube's graph
+        probe = probe_decode(timed, read_layers(cube))
+        decode_share = probe["decode_s"] / max(probe["read_s"], 1e-9)
+        task["read_decode"] = decode_share * timed.seconds["stream"]
     if method == "multidate":
         task["statistics"] = result.seconds["stream_task_statistics"]
         task["labels"] = result.seconds["stream_task_labels"]
@@ -316,9 +347,13 @@ def child(
     steps["write"] = time.perf_counter() - start
 
     read_mb = timed.bytes["stream"] / 1e6
-    decoded_mb = read_mb * probe["decoded_mb"] / max(probe["read_mb"], 1e-9)
+    decoded_mb = decode_mbps = None
+    if probe is not None:
+        decoded_mb = round(read_mb * probe["decoded_mb"] / max(probe["read_mb"], 1e-9), 1)
+        decode_mbps = round(probe["decoded_mb"] / max(probe["decode_s"], 1e-9), 1)
     return {
         "method": method,
+        "reader": reader_kind,
         "size_px": size,
         "dates": dates,
         "bands": len(BANDS),
@@ -330,10 +365,10 @@ def child(
         "steps_s": {k: round(v, 2) for k, v in steps.items()},
         "task_s": {k: round(v, 2) for k, v in task.items()},
         "read_mb": round(read_mb, 1),
-        "decoded_mb": round(decoded_mb, 1),
+        "decoded_mb": decoded_mb,
         "read_mbps": round(read_mb / max(task["read"], 1e-9), 1),
-        "decode_mbps": round(probe["decoded_mb"] / max(probe["decode_s"], 1e-9), 1),
-        "decode_share": round(decode_share, 3),
+        "decode_mbps": decode_mbps,
+        "decode_share": None if decode_share is None else round(decode_share, 3),
         "probe": probe,
         "statistics_mbps": round(read_mb / task["statistics"], 1),
         "read_to_statistics": round(task["read"] / task["statistics"], 2),
@@ -346,12 +381,19 @@ def child(
 
 
 def run_method(
-    method: str, folder: Path, size: int, dates: int, seed: int, load_chunk: int
+    method: str,
+    folder: Path,
+    size: int,
+    dates: int,
+    seed: int,
+    load_chunk: int,
+    reader: str = "items",
 ) -> dict[str, Any]:
-    """One method in a fresh subprocess (its own peak memory), with a progress line."""
+    """One method with one reader in a fresh subprocess (its own peak memory), with a
+    progress line."""
     cmd = [sys.executable, __file__, "--child", method, str(folder)]
     cmd += ["--size", str(size), "--dates", str(dates), "--seed", str(seed)]
-    cmd += ["--load-chunk", str(load_chunk)]
+    cmd += ["--load-chunk", str(load_chunk), "--readers", reader]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if out.returncode != 0:
@@ -361,8 +403,8 @@ def run_method(
     run["run_seconds"] = round(time.perf_counter() - start, 1)
     t = run["task_s"]
     sys.stderr.write(
-        f"{size:>6} px x {dates:>2} dates, {method}: stage {run['seconds']:7.1f} s, peak "
-        f"{run['peak_rss_mb']:6.0f} MiB, read {t['read']:.0f} task-s ({run['read_mbps']:.0f} "
+        f"{size:>6} px x {dates:>2} dates, {method} ({reader}): stage {run['seconds']:7.1f} s, "
+        f"peak {run['peak_rss_mb']:6.0f} MiB, read {t['read']:.0f} task-s ({run['read_mbps']:.0f} "
         f"MB/s), statistics {t['statistics']:.0f} task-s ({run['statistics_mbps']:.0f} MB/s), "
         f"recall {run['recall']:.2f} ({run['run_seconds']:.0f} s)\n"
     )
@@ -377,8 +419,10 @@ def bench(
     load_chunk: int = LOAD_CHUNK_PX,
     build: Path = BUILD,
     out: Path | None = None,
+    readers: tuple[str, ...] = READERS,
 ) -> dict[str, Any]:
-    """Catalog, then each method's run; the report (written to ``out`` as each run ends)."""
+    """Catalog, then each method's run with each reader; the report (written to ``out`` as
+    each run ends)."""
     begin = time.perf_counter()
     catalog = ensure_catalog(size, dates, seed, build)
     sys.stderr.write(
@@ -388,10 +432,12 @@ def bench(
     )
     report: dict[str, Any] = {"machine": cpu_name(), "catalog": catalog, "runs": []}
     for method in methods:
-        run = run_method(method, Path(catalog["folder"]), size, dates, seed, load_chunk)
-        report["runs"].append(run)
-        if out is not None:
-            write_json(out, report)  # keep what is measured so far
+        for reader in readers:
+            folder = Path(catalog["folder"])
+            run = run_method(method, folder, size, dates, seed, load_chunk, reader)
+            report["runs"].append(run)
+            if out is not None:
+                write_json(out, report)  # keep what is measured so far
     report["total_seconds"] = round(time.perf_counter() - begin, 1)
     if out is not None:
         write_json(out, report)
@@ -406,15 +452,20 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--load-chunk", type=int, default=LOAD_CHUNK_PX, help="cube chunk, px")
+    ap.add_argument("--readers", default=",".join(READERS), help="items, cube or both")
     ap.add_argument("--build", default=str(BUILD), help="folder of the generated catalogs")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results_stage.json"))
     ap.add_argument("--child", nargs=2, metavar=("METHOD", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         method, folder = args.child
-        run = child(method, Path(folder), args.size, args.dates, args.seed, args.load_chunk)
+        reader = args.readers.split(",")[0]
+        run = child(method, Path(folder), args.size, args.dates, args.seed, args.load_chunk, reader)
         print(json.dumps(run))
         return
+    readers = tuple(r for r in args.readers.split(",") if r)
+    if not readers or any(r not in READERS for r in readers):
+        raise SystemExit(f"--readers {args.readers!r}: use some of {', '.join(READERS)}")
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -422,7 +473,14 @@ def main() -> None:
     if args.size < 64 or args.dates < 2:
         raise SystemExit("--size must be at least 64 px and --dates at least 2")
     report = bench(
-        args.size, args.dates, methods, args.seed, args.load_chunk, Path(args.build), Path(args.out)
+        args.size,
+        args.dates,
+        methods,
+        args.seed,
+        args.load_chunk,
+        Path(args.build),
+        Path(args.out),
+        readers,
     )
     print(json.dumps(report, indent=1))
 

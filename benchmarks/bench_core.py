@@ -144,6 +144,16 @@ def peak_alloc_mb(func: Any) -> float:
         tracemalloc.stop()
 
 
+def project_path(path: str | Path) -> str:
+    """``path`` relative to the project root when it lies inside it (no machine paths in the
+    committed results), else as given."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def cpu_name() -> str:
     """CPU model of this machine (``/proc/cpuinfo``), with the number of cores."""
     name = platform.processor() or platform.machine()

@@ -57,6 +57,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_core import project_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -339,16 +342,6 @@ def oscd_summary(config_path: str | None) -> dict[str, Any]:
     }
 
 
-def _project_path(path: str | Path) -> str:
-    """``path`` relative to the project root when it lies inside it (no machine paths in the
-    committed ``real.json``), else as given."""
-    p = Path(path)
-    try:
-        return p.resolve().relative_to(ROOT).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def _calibration(runs: list[dict], args: argparse.Namespace, config: Any) -> dict[str, Any]:
     """The calibration block of this run (the sweep run here when asked), and ``--outcomes``."""
     from pipeline.io import calibration
@@ -357,7 +350,7 @@ def _calibration(runs: list[dict], args: argparse.Namespace, config: Any) -> dic
     outcomes = [o for r in runs for o in r["outcomes"]]
     sweep = sweep_outcomes(args.config, args.jobs) if "sweep" in args.parts else None
     chosen = os.environ.get(calibration.MODEL_ENV, "").strip() or str(calibration.MODEL_PATH)
-    models = {f"active ({_project_path(chosen)})": calibration.active_model()}
+    models = {f"active ({project_path(chosen)})": calibration.active_model()}
     models |= {f"compared ({p})": calibration.load_model(p.resolve()) for p in args.compare_model}
     seed_level, _ = series_thresholds(config.detect, len(DEFAULT_BANDS))
     if args.outcomes is not None:

@@ -72,7 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import cpu_name, peak_rss_mb, recall  # noqa: E402
+from bench_core import cpu_name, peak_rss_mb, project_path, recall  # noqa: E402
 
 from pipeline.io.atomic import read_json, write_json  # noqa: E402
 
@@ -430,7 +430,8 @@ def bench(
         + ("reused" if catalog["reused"] else f"written in {catalog['generated_seconds']:.0f} s")
         + f" ({catalog['cog_mb']:.0f} MB of COGs)\n"
     )
-    report: dict[str, Any] = {"machine": cpu_name(), "catalog": catalog, "runs": []}
+    shown = {**catalog, "folder": project_path(catalog["folder"])}  # no machine path
+    report: dict[str, Any] = {"machine": cpu_name(), "catalog": shown, "runs": []}
     for method in methods:
         for reader in readers:
             folder = Path(catalog["folder"])

@@ -14,6 +14,7 @@ from odc.geo.geobox import GeoBox
 
 from pipeline.config import DetectConfig
 from pipeline.errors import DataError
+from pipeline.io.cluster import dask_client
 from pipeline.io.load import load_cube
 from pipeline.io.tile_read import CubeReader, ItemsReader, read_window
 from pipeline.simulate.tile import SyntheticStack
@@ -76,6 +77,18 @@ def test_tile_stage_finds_the_same_objects_with_either_reader(catalog) -> None:
     ]
     assert runs[0].features, "the planted objects are found"
     assert runs[1].features == runs[0].features
+
+
+def test_items_reader_on_worker_processes(catalog) -> None:
+    """Shipped to the processes of a LocalCluster, the reader reads the same windows there."""
+    items, geobox = catalog
+    cube = _cube(items, geobox)
+    reader = ItemsReader(cube, items, BANDS, dilation_px=DILATION)
+    cfg = DetectConfig()
+    local = detect_tile(reader, cfg, method="multidate", chunk_px=128, n_threads=1)
+    with dask_client("processes", n_workers=2, threads_per_worker=1, memory_limit="1GiB") as c:
+        remote = detect_tile(reader, cfg, method="multidate", chunk_px=128, client=c)
+    assert local.features and remote.features == local.features
 
 
 def test_items_reader_needs_the_items_of_every_date(catalog) -> None:

@@ -137,7 +137,8 @@ class ItemsReader(CubeReader):
     day's Items, the window grown by the cloud mask's dilation, harmonised and masked by
     :func:`pipeline.io.load.load_cube` itself, then cropped. Each read decodes only the COG
     blocks under the window; computed from the lazy cube instead, a window with a halo computes
-    every 512 px chunk it touches (up to 9) through a dask graph. The same values
+    every chunk it touches (up to 9 when the chunks are the windows' size) through a dask
+    graph. The same values
     (``tests/test_tile_read.py``). :meth:`read_many` (the sample step's many small windows of
     one date) stays on the lazy cube: one computation reads them all.
 

@@ -64,31 +64,32 @@ def test_items_reader_reads_what_the_cube_holds(catalog, rows: slice, cols: slic
         assert masked > 0  # the clouds and their dilated margins are in the comparison
 
 
-def test_tile_stage_finds_the_same_objects_with_either_reader(catalog) -> None:
+@pytest.fixture(scope="module")
+def stage_runs(catalog) -> tuple[ItemsReader, list]:
+    """The reader and the multi-date tile stage's features, with the cube's reader and with it."""
     items, geobox = catalog
     cube = _cube(items, geobox)
+    direct = ItemsReader(cube, items, BANDS, dilation_px=DILATION)
     cfg = DetectConfig()
     runs = [
-        detect_tile(reader, cfg, method="multidate", chunk_px=128, n_threads=2)
-        for reader in (
-            CubeReader(cube, BANDS),
-            ItemsReader(cube, items, BANDS, dilation_px=DILATION),
-        )
+        detect_tile(reader, cfg, method="multidate", chunk_px=128, n_threads=2).features
+        for reader in (CubeReader(cube, BANDS), direct)
     ]
-    assert runs[0].features, "the planted objects are found"
-    assert runs[1].features == runs[0].features
+    return direct, runs
 
 
-def test_items_reader_on_worker_processes(catalog) -> None:
+def test_tile_stage_finds_the_same_objects_with_either_reader(stage_runs) -> None:
+    _, (lazy, direct) = stage_runs
+    assert lazy, "the planted objects are found"
+    assert direct == lazy
+
+
+def test_items_reader_on_worker_processes(stage_runs) -> None:
     """Shipped to the processes of a LocalCluster, the reader reads the same windows there."""
-    items, geobox = catalog
-    cube = _cube(items, geobox)
-    reader = ItemsReader(cube, items, BANDS, dilation_px=DILATION)
-    cfg = DetectConfig()
-    local = detect_tile(reader, cfg, method="multidate", chunk_px=128, n_threads=1)
+    reader, (_, local) = stage_runs
     with dask_client("processes", n_workers=2, threads_per_worker=1, memory_limit="1GiB") as c:
-        remote = detect_tile(reader, cfg, method="multidate", chunk_px=128, client=c)
-    assert local.features and remote.features == local.features
+        remote = detect_tile(reader, DetectConfig(), method="multidate", chunk_px=128, client=c)
+    assert local and remote.features == local
 
 
 def test_items_reader_needs_the_items_of_every_date(catalog) -> None:

@@ -28,7 +28,7 @@ from shapely.geometry import Polygon, mapping
 from pipeline.config import CatalogConfig, LoadConfig
 from pipeline.errors import DataError, StageInputError
 from pipeline.io.catalog import BANDS, read_items, search_items, write_items
-from pipeline.io.harmonise import band_radiometry, valid_mask
+from pipeline.io.harmonise import band_radiometry, harmonise, valid_mask
 from pipeline.io.load import aoi_mask, load_cube, load_site, read_cube, write_cube
 from pipeline.sites import Site
 
@@ -253,6 +253,27 @@ def test_dates_below_min_valid_fraction_are_dropped(
     # One time step per solar day, stamped with the 32636 Item's datetime.
     expected = [np.datetime64(d.replace(tzinfo=None), "ns") for d in (DATE_A, DATE_C)]
     assert list(ds["time"].values) == expected
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_harmonise_is_the_float32_formula_with_nodata_as_nan(lazy: bool) -> None:
+    rng = np.random.default_rng(5)
+    dn = rng.integers(0, 12_000, size=(2, 37, 41)).astype(np.uint16)
+    dn[:, :5, :7] = 0  # no data
+    arr = xr.DataArray(dn, dims=("time", "y", "x"), coords={"y": np.arange(37.0)})
+    if lazy:
+        arr = arr.chunk({"y": 16, "x": 16})
+    scale = np.array([1e-4, 2.5e-5], np.float32)
+    offset = np.array([-0.1, 0.0], np.float32)
+    got = harmonise(arr, xr.DataArray(scale, dims="time"), xr.DataArray(offset, dims="time"))
+    assert isinstance(got.data, da.Array) == lazy and got.dims == ("time", "y", "x")
+    value = dn.astype(np.float32) * scale[:, None, None] + offset[:, None, None]
+    want = np.where(dn != 0, value, np.float32(np.nan)).astype(np.float32)
+    np.testing.assert_array_equal(got.values.view(np.uint32), want.view(np.uint32))
+    assert np.isnan(got.values[:, :5, :7]).all()
+    np.testing.assert_array_equal(got["y"].values, arr["y"].values)
+    one = harmonise(arr.isel(time=1), float(scale[1]), float(offset[1]))  # scalars
+    np.testing.assert_array_equal(one.values.view(np.uint32), want[1].view(np.uint32))
 
 
 def test_harmonised_values_and_fusion_from_the_other_zone(computed: xr.Dataset) -> None:

@@ -171,7 +171,8 @@ def run_tile(cfg: Config, site_name: str, method: str | None = None) -> dict:
 
     The searched Items are opened as a lazy, dask-backed cube on the site grid (the dates the
     load stage would drop as too cloudy are dropped; no pixel is kept in memory) and read window
-    by window by :func:`pipeline.stages.tile.detect_tile`, on the configured dask cluster
+    by window by :func:`pipeline.stages.tile.detect_tile`, each stream window loaded from the
+    COGs on its own (:class:`pipeline.io.tile_read.ItemsReader`), on the configured dask cluster
     (:func:`pipeline.io.cluster.client_from_config`). Unlike ``detect``, nothing is
     co-registered and no zone occupancy is computed.
 

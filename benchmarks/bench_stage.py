@@ -105,9 +105,6 @@ READERS = ("items", "cube")
 ``basewatch tile`` uses: each window loaded from the COGs on its own) and ``cube``
 (:class:`pipeline.io.tile_read.CubeReader`: each window computed from the lazy cube's chunks)."""
 
-DILATION_PX = 3
-"""Growth of the SCL cloud mask (the loader's default)."""
-
 PROBE_WINDOWS = 12
 """Stream windows re-read after the stage to split reading into decoding and the rest."""
 
@@ -302,12 +299,12 @@ def child(
     start = time.perf_counter()
     items = read_tile_items(folder / "catalog.json")
     geobox = GeoBox(stack.shape, stack.transform, stack.crs)
-    cube = load_cube(items, geobox, BANDS, chunk_px=load_chunk, dilation_px=DILATION_PX)
+    cube = load_cube(items, geobox, BANDS, chunk_px=load_chunk)
 
     def make_reader(c: Any) -> Any:
         if reader_kind == "cube":
             return CubeReader(c, BANDS)
-        return ItemsReader(c, items, BANDS, dilation_px=DILATION_PX)
+        return ItemsReader(c, items, BANDS)
 
     reader = make_reader(cube)
     steps["open"] = time.perf_counter() - start

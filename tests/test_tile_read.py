@@ -25,7 +25,7 @@ from pipeline.simulate.tile_catalog import read_tile_items, write_tile_catalog
 from pipeline.stages.tile import detect_tile
 
 BANDS = ("blue", "green", "red", "nir")
-SIZE, DATES, DILATION = 300, 4, 3
+SIZE, DATES, DILATION = 300, 4, 2  # not the loader's default: the reader takes the cube's
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_items_reader_reads_what_the_cube_holds(catalog, rows: slice, cols: slic
     items, geobox = catalog
     cube = _cube(items, geobox).isel(time=[0, 2, 3])  # dates dropped as load_site drops them
     lazy = CubeReader(cube, BANDS)
-    direct = ItemsReader(cube, items, BANDS, dilation_px=DILATION)
+    direct = ItemsReader(cube, items, BANDS)
     assert direct.dates == lazy.dates and direct.shape == lazy.shape
     masked = 0
     for t in range(3):
@@ -72,7 +72,7 @@ def stage_runs(catalog) -> tuple[ItemsReader, list]:
     """The reader and the multi-date tile stage's features, with the cube's reader and with it."""
     items, geobox = catalog
     cube = _cube(items, geobox)
-    direct = ItemsReader(cube, items, BANDS, dilation_px=DILATION)
+    direct = ItemsReader(cube, items, BANDS)
     cfg = DetectConfig()
     runs = [
         detect_tile(reader, cfg, method="multidate", chunk_px=128, n_threads=2).features
@@ -89,7 +89,7 @@ def test_items_reader_reads_many_windows_as_the_cube(
     cube = _cube(items, geobox)
     monkeypatch.setattr(tile_read, "BOX_MAX_PX", box_max_px)
     lazy = CubeReader(cube, BANDS).read_many(1, WINDOWS)
-    direct = ItemsReader(cube, items, BANDS, dilation_px=DILATION).read_many(1, WINDOWS)
+    direct = ItemsReader(cube, items, BANDS).read_many(1, WINDOWS)
     assert len(direct) == len(WINDOWS)
     for (want_bands, want_valid), (got_bands, got_valid) in zip(lazy, direct, strict=True):
         np.testing.assert_array_equal(got_bands, want_bands)
@@ -114,4 +114,12 @@ def test_items_reader_needs_the_items_of_every_date(catalog) -> None:
     items, geobox = catalog
     cube = _cube(items, geobox)
     with pytest.raises(DataError, match="no Items of the cube's date"):
-        ItemsReader(cube, items[:2], BANDS, dilation_px=DILATION)
+        ItemsReader(cube, items[:2], BANDS)
+
+
+def test_items_reader_needs_the_cubes_mask_dilation(catalog) -> None:
+    items, geobox = catalog
+    cube = _cube(items, geobox)
+    cube["valid"].attrs.pop("dilation_px")
+    with pytest.raises(DataError, match="no dilation_px"):
+        ItemsReader(cube, items, BANDS)

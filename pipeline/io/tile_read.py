@@ -158,8 +158,6 @@ class ItemsReader(CubeReader):
         The Items it was loaded from (signed, if the catalog signs them).
     bands
         Bands compared.
-    dilation_px
-        The cloud mask's dilation the cube was loaded with.
     resampling
         The reflectance resampling it was loaded with.
     network
@@ -168,7 +166,8 @@ class ItemsReader(CubeReader):
     Raises
     ------
     DataError
-        As :class:`CubeReader`, or when a date of the cube has no Items.
+        As :class:`CubeReader`, when a date of the cube has no Items, or when its ``valid``
+        does not say the cloud mask's dilation (``dilation_px``, set by ``load_cube``).
     """
 
     def __init__(
@@ -177,7 +176,6 @@ class ItemsReader(CubeReader):
         items: Sequence[pystac.Item],
         bands: tuple[str, ...] = ("blue", "green", "red", "nir"),
         *,
-        dilation_px: int,
         resampling: str = "cubic",
         network: NetworkConfig | None = None,
     ):
@@ -186,9 +184,12 @@ class ItemsReader(CubeReader):
         from pipeline.io.load import items_by_time
 
         super().__init__(cube, bands)
+        dilation = cube["valid"].attrs.get("dilation_px")
+        if dilation is None:
+            raise DataError("cube's 'valid' has no dilation_px: load it with pipeline.io.load")
+        self.dilation_px = int(dilation)  # the same mask as the cube's, window by window
         self.geobox = GeoBox(self.shape, self.transform, self.crs)
         self.day_items = items_by_time(items, self.geobox, cube["time"].values)
-        self.dilation_px = int(dilation_px)
         self.resampling = resampling
         self.network = network
 

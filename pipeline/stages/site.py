@@ -225,7 +225,6 @@ def run_tile(cfg: Config, site_name: str, method: str | None = None) -> dict:
                 cube,
                 signed,
                 tuple(b for b in cfg.load.bands if b in cube),
-                dilation_px=cfg.load.cloud_dilation_px,
                 network=cfg.network,
             )
             run: dict[str, Any] = {"grid_px": list(reader.shape), "bands": list(reader.bands)}

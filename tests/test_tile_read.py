@@ -2,8 +2,10 @@
 
 Real parts: COGs and STAC Items written by :mod:`pipeline.simulate.tile_catalog` (uint16
 DEFLATE bands at 10 m on the grid, SCL at 20 m, clouds), read back with pystac and the odc-stac
-loader. On the COGs' own grid the two readers give the same bits; a date warped from another
-grid differs slightly with the window (GDAL's approximate transformer), not tested here.
+loader. On the COGs' own grid the two readers give the same bits. Near a UTM zone border (the
+Khmeimim demo catalog: each day an Item of zone 36, the cube's, and one of zone 37 filling its
+gaps) they do too: ItemsReader reads the cube's zone alone and a window with a gap it fills
+from the cube, whose warp of the other zone does not depend on the window.
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pystac
 import pytest
+from faults import ROOT, demo_catalog
 from odc.geo.geobox import GeoBox
 
-from pipeline.config import DetectConfig
+from pipeline.config import DetectConfig, LoadConfig
 from pipeline.errors import DataError
 from pipeline.io import tile_read
 from pipeline.io.cluster import dask_client
-from pipeline.io.load import load_cube
+from pipeline.io.load import load_cube, load_site
 from pipeline.io.tile_read import CubeReader, ItemsReader, read_window
 from pipeline.simulate.tile import SyntheticStack
 from pipeline.simulate.tile_catalog import read_tile_items, write_tile_catalog
+from pipeline.sites import get_site
 from pipeline.stages.tile import detect_tile
 
 BANDS = ("blue", "green", "red", "nir")
@@ -123,3 +128,36 @@ def test_items_reader_needs_the_cubes_mask_dilation(catalog) -> None:
     cube["valid"].attrs.pop("dilation_px")
     with pytest.raises(DataError, match="no dilation_px"):
         ItemsReader(cube, items, BANDS)
+
+
+def test_items_reader_near_a_zone_border_reads_what_the_cube_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    catalog = demo_catalog("2024-12-01", "2025-01-02", site="khmeimim")
+    items = [
+        pystac.Item.from_file(str(p)) for p in sorted((catalog / "sentinel-2-l2a").glob("*/*.json"))
+    ]
+    cube, _ = load_site(items, get_site("khmeimim", ROOT / "seeds"), LoadConfig(chunk_px=128))
+    lazy = CubeReader(cube, BANDS)
+    direct = ItemsReader(cube, items, BANDS)
+    mixed = [t for t, day in enumerate(direct.day_items) if len(direct.own_items[t]) < len(day)]
+    assert mixed, "the catalog has days with Items of two zones"
+    from_cube: list[int] = []
+    cube_read_many = CubeReader.read_many
+
+    def spy(self: CubeReader, t: int, windows: list) -> list:
+        if isinstance(self, ItemsReader):
+            from_cube.append(t)
+        return cube_read_many(self, t, windows)
+
+    monkeypatch.setattr(CubeReader, "read_many", spy)
+    ny, nx = direct.shape
+    windows = [(slice(0, ny), slice(0, nx)), (slice(9, 10), slice(3, 4))]
+    for t in mixed:
+        for rows, cols in windows:
+            want_bands, want_valid = read_window(lazy, t, rows, cols)
+            got_bands, got_valid = read_window(direct, t, rows, cols)
+            np.testing.assert_array_equal(got_bands, want_bands)
+            np.testing.assert_array_equal(got_valid, want_valid)
+    # both ways are taken: some windows of these days lie whole in zone 36, some do not
+    assert 0 < len(from_cube) < len(mixed) * len(windows)

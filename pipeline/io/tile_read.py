@@ -134,6 +134,31 @@ class CubeReader:
         ]
 
 
+def _crs_codes(item: pystac.Item) -> set[str]:
+    """The ``EPSG:n`` codes an Item and its assets declare (projection extension: ``proj:code``
+    or ``proj:epsg``); ``"?"`` where a level declares neither."""
+    codes = set()
+    for fields in (item.properties, *(a.extra_fields for a in item.assets.values())):
+        code = fields.get("proj:code")
+        epsg = fields.get("proj:epsg")
+        if code:
+            codes.add(str(code).upper())
+        elif epsg:
+            codes.add(f"EPSG:{int(epsg)}")
+        elif fields is item.properties:
+            codes.add("?")  # an asset without its own falls back on the Item's
+    return codes
+
+
+def _covered(ds: Any, bands: tuple[str, ...]) -> bool:
+    """Whether a loaded window has data in every band and the SCL at every pixel."""
+    from pipeline.io.load import SCL
+
+    if not bool((np.asarray(ds[SCL].values) != 0).all()):
+        return False
+    return all(bool(np.isfinite(np.asarray(ds[b].values)).all()) for b in bands)
+
+
 class ItemsReader(CubeReader):
     """A :class:`CubeReader` whose windows are read straight from the cube's Items' COGs.
 
@@ -142,12 +167,17 @@ class ItemsReader(CubeReader):
     :func:`pipeline.io.load.load_cube` itself, then cropped. Each read decodes only the COG
     blocks under the window; computed from the lazy cube instead, a window with a halo computes
     every chunk it touches (up to 9 when the chunks are the windows' size) through a dask
-    graph. The same values where the COGs lie on the cube's grid (``tests/test_tile_read.py``);
-    where a date's pixels are warped from another grid (an Item of the next UTM zone), GDAL's
-    approximate warp of a window and of a chunk differ slightly (up to 3e-4 reflectance on the
-    demo catalog's dates that use one). :meth:`read_many` (the sample step's many small windows of
-    one date) loads the box around them once when it is at most :data:`BOX_MAX_PX` (a site's
-    grid), else reads them from the lazy cube in one computation (windows spread over a tile).
+    graph. The same values (``tests/test_tile_read.py``): only the day's Items in the cube's
+    CRS are read (:attr:`own_items`; a pixel's source is an affine function of its place,
+    whatever the window), and where they leave a gap in the window that the loader fills from
+    an Item of another CRS (the next UTM zone, near a zone border as at Khmeimim and Tartus),
+    or the day has none, the window is read from the lazy cube instead: GDAL warps with an
+    approximate transformer fitted to each destination window, so a window and a cube chunk
+    would give slightly different values (up to 3e-4 reflectance on the demo catalog) and the
+    detections would depend on the tile stage's chunking. :meth:`read_many` (the sample step's
+    many small windows of one date) loads the box around them once when it is at most
+    :data:`BOX_MAX_PX` (a site's grid), else reads them from the lazy cube in one computation
+    (windows spread over a tile).
 
     Parameters
     ----------
@@ -190,6 +220,12 @@ class ItemsReader(CubeReader):
         self.dilation_px = int(dilation)  # the same mask as the cube's, window by window
         self.geobox = GeoBox(self.shape, self.transform, self.crs)
         self.day_items = items_by_time(items, self.geobox, cube["time"].values)
+        own = f"EPSG:{self.geobox.crs.epsg}" if self.geobox.crs.epsg is not None else None
+        self.own_items = [
+            [item for item in day if own is not None and _crs_codes(item) == {own}]
+            for day in self.day_items
+        ]
+        """Per date, its Items in the cube's CRS, in the loader's order (they come first)."""
         self.resampling = resampling
         self.network = network
 
@@ -197,20 +233,27 @@ class ItemsReader(CubeReader):
         """(B, h, w) float32 bands and (h, w) bool validity of date ``t`` over a window."""
         from pipeline.io.load import load_cube
 
+        own = self.own_items[t]
+        if not own:
+            return super().read_many(t, [(rows, cols)])[0]
         ny, nx = self.shape
         r0, r1, _ = rows.indices(ny)
         c0, c1, _ = cols.indices(nx)
         m = self.dilation_px
         y0, y1, x0, x1 = max(r0 - m, 0), min(r1 + m, ny), max(c0 - m, 0), min(c1 + m, nx)
-        win = load_cube(
-            self.day_items[t],
+        grown = load_cube(
+            own,
             self.geobox[y0:y1, x0:x1],
             self.bands,
             chunk_px=None,
             dilation_px=self.dilation_px,
             resampling=self.resampling,
             network=self.network,
-        ).isel(time=0, y=slice(r0 - y0, r1 - y0), x=slice(c0 - x0, c1 - x0))
+        ).isel(time=0)
+        if len(own) < len(self.day_items[t]) and not _covered(grown, self.bands):
+            # the loader fills this window's gaps from Items warped from another CRS
+            return super().read_many(t, [(rows, cols)])[0]
+        win = grown.isel(y=slice(r0 - y0, r1 - y0), x=slice(c0 - x0, c1 - x0))
         bands = np.stack([np.asarray(win[b].values, dtype=np.float32) for b in self.bands])
         return bands, np.asarray(win["valid"].values, dtype=bool)
 

@@ -14,8 +14,9 @@ clouds and one planted object per 256 x 256 px, each removed or appeared at one 
 1. **Stage.** After a warm-up (the same stage on a 64 x 64 stack: imports, numba kernels
    compiled or loaded from the cache), :func:`pipeline.stages.tile.detect_tile` over the whole
    ``size`` x ``size`` x 4-band x ``dates`` stack, read lazily window by window (it is never
-   held: 24 dates of a full tile are 46 GB of float32), 1024 px chunks (multidate: 512, each
-   task holds every date of its chunk), dask threads (2).
+   held: 24 dates of a full tile are 46 GB of float32), 1024 px chunks (multidate: the stage's
+   own choice, :func:`pipeline.stages.tile.series_chunk_px`, as each task holds every date of
+   its chunk: ``chunk_px``), dask threads (2).
    ``seconds`` is its wall time, ``peak_rss_mb`` the process peak right after it,
    ``stage_seconds`` its steps (``sample``, ``stream``, ``objects``; multidate also the time its
    tasks spent, summed over tasks, reading or generating the data, on the statistics and on
@@ -221,11 +222,10 @@ def stage_run(size: int, dates: int, seed: int, method: str) -> tuple[dict[str, 
     Returns the row's stage fields, the stack and the :class:`TileResult`."""
     from pipeline.config import DetectConfig
     from pipeline.simulate.tile import SyntheticStack
-    from pipeline.stages.tile import CHUNK_PX as METHOD_CHUNK_PX
     from pipeline.stages.tile import detect_tile
 
     cfg = DetectConfig()
-    chunk = CHUNK_PX if method == "pairwise" else METHOD_CHUNK_PX[method]
+    chunk = CHUNK_PX if method == "pairwise" else None  # multidate: the stage's own choice
     warm = SyntheticStack((64, 64), dates, seed=seed, object_spacing_px=32, period_px=61)
     detect_tile(warm, cfg, method=method, chunk_px=chunk, n_threads=THREADS)
     stack = SyntheticStack((size, size), dates, seed=seed)
@@ -249,7 +249,7 @@ def stage_run(size: int, dates: int, seed: int, method: str) -> tuple[dict[str, 
         "planted_changes": len(stack.objects()),
         "recall": round(recall(stack, result.features), 3),
         "threads": THREADS,
-        "chunk_px": chunk,
+        "chunk_px": result.chunk_px,
     }
     return row, stack, result
 

@@ -357,6 +357,7 @@ def child(
         "load_chunk_px": load_chunk,
         "threads": THREADS,
         "seconds": round(seconds, 2),
+        "chunk_px": result.chunk_px,
         "warmup_seconds": round(warm_s, 2),
         "peak_rss_mb": round(stage_peak, 1),
         "steps_s": {k: round(v, 2) for k, v in steps.items()},

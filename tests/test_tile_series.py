@@ -4,6 +4,7 @@ of the strips inside a chunk and of where the tasks run."""
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,10 +18,19 @@ from pyproj import Transformer
 from pipeline.config import DetectConfig
 from pipeline.errors import ConfigError
 from pipeline.io.cluster import dask_client
-from pipeline.io.tile_read import read_window
+from pipeline.io.tile_read import read_sample, read_window, sample_windows
 from pipeline.kernels.scale import series_block
+from pipeline.kernels.scale.tile_label import window_grid
 from pipeline.simulate.tile import SyntheticStack
-from pipeline.stages.tile import CubeReader, TileResult, detect_tile
+from pipeline.stages.tile import (
+    SERIES_CHUNKS_PX,
+    CubeReader,
+    TileResult,
+    detect_tile,
+    series_chunk_px,
+    series_margin_px,
+)
+from pipeline.stages.tile_series import fit_sample, read_range, stream_series_chunk
 
 CFG = DetectConfig()
 
@@ -96,6 +106,72 @@ def test_results_do_not_depend_on_the_chunking(stack: SyntheticStack, whole: Til
     assert odd.features == whole.features
 
 
+def test_default_chunk_is_the_budget_choice(stack: SyntheticStack, whole: TileResult) -> None:
+    auto = detect_tile(stack, CFG, method="multidate", n_threads=2)
+    assert auto.chunk_px == series_chunk_px(stack.shape, stack.n_dates, stack.n_bands, CFG, 2)
+    assert whole.chunk_px == 512
+    assert auto.features == whole.features
+
+
+def _window_mb(side: int, dates: int, cfg: DetectConfig) -> float:
+    window = side + 2 * series_margin_px(cfg)
+    return series_block.block_mb((window, window), dates, 4)
+
+
+def test_chunk_is_the_largest_that_fits_the_memory_budget() -> None:
+    tile = (10980, 10980)
+    dates = (2, 6, 24, 96)
+    sides = [series_chunk_px(tile, t, 4, CFG, 2) for t in dates]
+    assert sides == sorted(sides, reverse=True) and sides[0] > sides[-1]
+    for t, side in zip(dates, sides, strict=True):
+        assert 2 * _window_mb(side, t, CFG) <= CFG.memory_budget_mb
+        larger = [s for s in SERIES_CHUNKS_PX if s > side]
+        assert not larger or 2 * _window_mb(larger[0], t, CFG) > CFG.memory_budget_mb
+    # a budget of exactly two 1024 px windows of 24 dates gets 1024 px chunks; one byte less, 512
+    exact = 2 * _window_mb(1024, 24, CFG)
+    fits = CFG.model_copy(update={"memory_budget_mb": exact})
+    assert series_chunk_px(tile, 24, 4, fits, 2) == 1024
+    less = CFG.model_copy(update={"memory_budget_mb": exact - 1e-6})
+    assert series_chunk_px(tile, 24, 4, less, 2) == 512
+    # more tasks at once on a worker: no larger chunks
+    assert series_chunk_px(tile, 6, 4, CFG, 8) < sides[1]
+    # nothing fits: the smallest side
+    assert series_chunk_px(tile, 24, 4, CFG.model_copy(update={"memory_budget_mb": 1}), 2) == 256
+    # a small grid: its windows are clipped to it
+    assert series_chunk_px((300, 200), 200, 4, CFG, 2) == 1024
+    # sides on the drift smoothing's block grid
+    coarse = DetectConfig(drift_window_px=15)
+    side = series_chunk_px(tile, 24, 4, coarse, 2)
+    assert side % series_block.stats_align_px(coarse) == 0
+
+
+def test_memory_model_bounds_a_task() -> None:
+    """block_mb against the peak a task allocates (tracemalloc), on a window size and a number
+    of dates the model was not fitted on."""
+    dates, chunk = 10, 160
+    stack = SyntheticStack((3 * chunk, 3 * chunk), dates, seed=3, object_spacing_px=64)
+    windows = sample_windows(stack.shape, CFG.max_sample_px)
+    samples = [read_sample(stack, t, windows) for t in range(dates)]
+    params = fit_sample(
+        np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]), stack.dates, CFG
+    )
+    reach, align = series_block.stats_reach_px(CFG), series_block.stats_align_px(CFG)
+    halo = series_margin_px(CFG) - reach  # the stage's window margin (the sign's)
+    window = window_grid(stack.shape, chunk, halo)[4]  # the middle chunk
+    r0, r1 = read_range(*window.rows, reach, align, stack.shape[0])
+    c0, c1 = read_range(*window.cols, reach, align, stack.shape[1])
+    tracemalloc.start()
+    try:
+        cands, _, _ = stream_series_chunk(stack, window, params, CFG, 3)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    estimate = series_block.block_mb((r1 - r0, c1 - c0), dates, stack.n_bands) * 2**20
+    assert sum(len(c) for c in cands) > 0
+    assert 0.8 * estimate <= peak <= estimate
+    assert chunk + 2 * series_margin_px(CFG) <= r1 - r0 < chunk + 2 * series_margin_px(CFG) + align
+
+
 def test_strips_do_not_change_the_statistics(
     stack: SyntheticStack, whole: TileResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,3 +243,7 @@ def test_on_worker_processes_equals_local(
     assert len(client.scheduler_info()["workers"]) == 2
     assert len(whole.features) >= 8
     assert remote.features == whole.features
+    # the default chunk is sized for one task at a time per worker (one thread each)
+    auto = detect_tile(stack, CFG, method="multidate", client=client)
+    assert auto.chunk_px == series_chunk_px(stack.shape, stack.n_dates, stack.n_bands, CFG, 1)
+    assert auto.features == whole.features

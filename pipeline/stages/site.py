@@ -254,6 +254,7 @@ def run_tile(cfg: Config, site_name: str, method: str | None = None) -> dict:
         "n_removed": kinds.count("removed"),
         "n_appeared": kinds.count("appeared"),
         "grid_px": run["grid_px"],
+        "chunk_px": result.chunk_px,
         "bands": run["bands"],
         "seconds": run["seconds"] | {k: round(v, 3) for k, v in result.seconds.items()},
     }

@@ -41,6 +41,7 @@ The results do not depend on the chunking (``tests/test_tile.py``).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +61,12 @@ from pipeline.kernels.detect.pairwise import thresholds
 from pipeline.kernels.detect.segment import object_properties, segment_pair
 from pipeline.kernels.scale.change import change_core
 from pipeline.kernels.scale.fused import CoreParams, core_params, update_last_view
-from pipeline.kernels.scale.series_block import SeriesParams, stats_align_px
+from pipeline.kernels.scale.series_block import (
+    SeriesParams,
+    block_mb,
+    stats_align_px,
+    stats_reach_px,
+)
 from pipeline.kernels.scale.tile_label import (
     Candidates,
     Window,
@@ -79,11 +85,22 @@ __all__ = [
     "TileResult",
     "detect_tile",
     "fit_pairs",
+    "series_chunk_px",
+    "series_margin_px",
     "stream_chunk",
 ]
 
 CHUNK_PX = {"pairwise": 1024, "multidate": 512}
-"""Default chunk side of each method: a multi-date task holds every date of its chunk."""
+"""Default chunk side of each method. A pairwise task holds a few single-date windows, whatever
+the number of dates; a multi-date task holds every date of its chunk, so the multi-date default
+is only a fallback: :func:`detect_tile` sizes its chunks with :func:`series_chunk_px`."""
+
+SERIES_CHUNKS_PX = (256, 512, 1024)
+"""Chunk sides :func:`series_chunk_px` chooses from: multiples of the 256 and 512 px blocks of
+Sentinel-2 COGs and of the loader's chunks, so that a window's reads decode few blocks twice.
+Up to 1024 px: on the whole COG tile at 4 dates (``benchmarks/bench_stage.py``, ItemsReader)
+1024 px chunks took 149 s against 278 s with 512 px (reading 106 against 283 task-s) and
+2048 px 176 s at 2.4x the peak memory of 1024 px (3.2 against 1.3 GiB)."""
 
 GROUP_PX = 128
 """Regions whose first pixel lies in one cell of this side are cut into objects together (a
@@ -108,6 +125,8 @@ class TileResult:
     """The method run."""
     series: SeriesParams | None = None
     """The multi-date method's fitted radiometry (None for the pairwise method)."""
+    chunk_px: int = 0
+    """Side of the spatial chunks the stream ran on."""
 
 
 def fit_pairs(bands: np.ndarray, valid: np.ndarray, cfg: DetectConfig) -> list[CoreParams]:
@@ -379,6 +398,69 @@ def _halo_px(cfg: DetectConfig) -> int:
     return 8 * math.ceil((reach + align + 1) / 8)
 
 
+def series_margin_px(cfg: DetectConfig) -> int:
+    """Pixels a multi-date task reads past each side of its chunk (the sign's window margin and
+    the statistics' reach), at most: its window is the chunk plus twice this."""
+    return _halo_px(cfg) + stats_reach_px(cfg)
+
+
+def series_chunk_px(
+    shape: tuple[int, int],
+    n_dates: int,
+    n_bands: int,
+    cfg: DetectConfig,
+    tasks: int,
+) -> int:
+    """Chunk side of the multi-date method under ``cfg.memory_budget_mb``.
+
+    A multi-date task holds every date of its window (the chunk plus the margins of the sign
+    and of the statistics), some 15 bytes per pixel, date and band
+    (:func:`pipeline.kernels.scale.series_block.block_mb`), and
+    ``tasks`` of them run at once on a worker. Larger chunks read and compute fewer margin
+    pixels per chunk pixel and open fewer windows (on a site's grid one chunk beats four, each
+    thread busy: ``basewatch tile`` on the Khmeimim demo took 5.4-5.8 s with one 512 px chunk
+    against 6.5-6.6 s with four of 256 px); more dates need smaller ones. The results do not
+    depend on the choice.
+
+    Parameters
+    ----------
+    shape
+        (rows, cols) of the grid.
+    n_dates, n_bands
+        Dates and bands of the stack.
+    cfg
+        Detection parameters (``memory_budget_mb``, and the neighbourhoods setting the margins).
+    tasks
+        Tasks running at once on one worker (its threads).
+
+    Returns
+    -------
+    int
+        The largest side of :data:`SERIES_CHUNKS_PX` (rounded down to a multiple of the drift
+        block) whose ``tasks`` windows fit the budget; the smallest side when none fits.
+    """
+    align = stats_align_px(cfg)
+    margin = series_margin_px(cfg)
+    ny, nx = shape
+    sides = [max(align, side // align * align) for side in SERIES_CHUNKS_PX]
+    fits = [
+        side
+        for side in sides
+        if max(1, tasks)
+        * block_mb((min(side + 2 * margin, ny), min(side + 2 * margin, nx)), n_dates, n_bands)
+        <= cfg.memory_budget_mb
+    ]
+    return max(fits) if fits else sides[0]
+
+
+def _worker_threads(client: Any, n_threads: int | None) -> int:
+    """Tasks that run at once on one worker: the most threads of any worker of ``client``, else
+    ``n_threads`` (None: dask's default, one per core)."""
+    if client is not None:
+        return max(client.nthreads().values(), default=1)
+    return n_threads or os.cpu_count() or 1
+
+
 def detect_tile(
     reader: StackReader,
     cfg: DetectConfig,
@@ -402,8 +484,9 @@ def detect_tile(
         ``multidate``: the multi-date test on each chunk's whole series
         (:mod:`pipeline.stages.tile_series`). Pass ``cfg.method`` to follow the config.
     chunk_px
-        Side of the spatial chunks (None: :data:`CHUNK_PX` of the method). A pairwise task
-        holds a few windows of this side plus a margin; a multi-date task every date of one.
+        Side of the spatial chunks. A pairwise task holds a few windows of this side plus a
+        margin (None: :data:`CHUNK_PX`); a multi-date task every date of one (None: the
+        largest that fits ``cfg.memory_budget_mb`` on each worker, :func:`series_chunk_px`).
     site
         Name used in object ids.
     client
@@ -430,8 +513,12 @@ def detect_tile(
         raise DataError(f"stack has {reader.n_dates} date(s): need at least 2 to find change")
     if min(reader.shape) < 2:
         raise DataError(f"grid of {reader.shape}: need at least 2 x 2 pixels")
-    chunk_px = CHUNK_PX[method] if chunk_px is None else chunk_px
     series = method == "multidate"
+    if chunk_px is None:
+        chunk_px = CHUNK_PX[method]
+        if series:
+            tasks = _worker_threads(client, n_threads)
+            chunk_px = series_chunk_px(reader.shape, reader.n_dates, reader.n_bands, cfg, tasks)
     if series and chunk_px % stats_align_px(cfg):
         raise ConfigError(
             f"chunk_px {chunk_px} is not a multiple of the drift block "
@@ -534,4 +621,5 @@ def detect_tile(
         seconds=seconds,
         method=method,
         series=fitted,
+        chunk_px=chunk_px,
     )

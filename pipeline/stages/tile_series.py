@@ -20,7 +20,10 @@ pixel, windows before and after each break) on a stack it never holds:
    :func:`pipeline.kernels.scale.tile_label.chunk_regions`) with their removal margin
    (:func:`pipeline.kernels.scale.tile_label.removal_margin` on the window means before and after
    the break). A task holds ``T x B x (chunk + 2 halo)^2`` float32 and a few arrays of that size
-   inside the statistics: memory is set by the chunk and the number of dates, not by the tile.
+   inside the statistics: memory is set by the chunk and the number of dates, not by the tile,
+   and :func:`pipeline.stages.tile.detect_tile` sizes the chunks so that the tasks running at
+   once on a worker fit ``detect.memory_budget_mb``
+   (:func:`pipeline.stages.tile.series_chunk_px`).
 3. **Objects**: as the pairwise method (:func:`pipeline.stages.tile.pair_objects`), per break
    date, with the multi-date levels, the weighted sign vote and split fraction
    (``series_sign_split_fraction``), and the region tests of the site detector

@@ -60,8 +60,10 @@ from pipeline.kernels.detect.normalise import robust_sigma
 from pipeline.kernels.detect.series_state import drift
 
 __all__ = [
+    "BLOCK_BYTES",
     "BlockSeries",
     "SeriesParams",
+    "block_mb",
     "block_series",
     "fit_series",
     "series_classes",
@@ -76,6 +78,26 @@ NOT_SCORED = np.uint8(255)
 STRIP_PX = 16_384
 """Pixels per strip of the per-pixel statistics (their temporaries, some 25 arrays of
 ``T x B`` float32 per pixel, stay near 160 MB at 24 dates and 4 bands)."""
+
+
+BLOCK_BYTES = (15, 64, 36)
+"""Peak memory of a multi-date tile task (read, :func:`block_series`, candidates), in bytes:
+``a`` per pixel, date and band of its window (the float32 series, overwritten in place, and
+the window means before and after each break), ``b`` per pixel (drift rates, noise floor,
+classes and labels of one date) and ``c`` per strip pixel (:data:`STRIP_PX`), date and band
+(the strip's temporaries). Fitted to ``tracemalloc`` peaks of whole tasks at 4 bands, 4 and 24
+dates, 204 to 1100 px windows (within 4 %, with ``a`` = 14), ``a`` then rounded up so that it
+errs on the safe side (it overestimates those peaks by 1-7 %); ``tests/test_tile_series.py``
+checks it on another shape and number of dates."""
+
+
+def block_mb(shape: tuple[int, int], n_dates: int, n_bands: int) -> float:
+    """Estimated peak memory (MB) of a multi-date tile task on a window of ``shape`` (y, x) px
+    with ``n_dates`` x ``n_bands`` (:data:`BLOCK_BYTES`)."""
+    a, b, c = BLOCK_BYTES
+    px = float(shape[0]) * shape[1]
+    series = n_dates * n_bands
+    return (a * px * series + b * px + c * min(px, STRIP_PX) * series) / 2**20
 
 
 @dataclass(frozen=True)

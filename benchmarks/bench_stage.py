@@ -40,18 +40,12 @@ the grid, uint16 bands and uint8 SCL: overlapping windows and chunk edges read m
 bytes, so ``read_to_statistics`` = ``task_s.read`` / ``task_s.statistics`` says whether reading
 or computing dominates.
 
-Measured here (2 shared vCPUs, AMD EPYC, load average about 4 from other jobs), full tile x 4
-dates: writing the catalog took 159 s (40 s per date; 26 s per date in a quieter 2-date run;
-2.7 GB of COGs, 0.68 GB per date). ``pairwise``: stage 505 s (sample 48 s, stream 452 s,
-objects 5 s), peak 835 MiB, recall 0.99 (1830 objects for 1764 planted); stream task time 859
-s reading (68 % of it odc-stac's read tasks; 9.2 GB handed over, 16.7 GB decoded onto the grid)
-against 45 s of change core and labels: reading is 19x the statistics. ``multidate`` was not
-run to the end at full size (about 2.5x the pairwise stream at 2048 px x 4 dates: 34 s against
-14 s). So the default (4 dates) takes about 3 minutes to generate and, extrapolated, some 30
-minutes of stage for both methods, far over an 8-minute budget: reading, not computing, sets
-it. By the per-date figures, 24 dates would cost about 16 minutes of generation (16 GB of
-COGs) and about 50 minutes of pairwise stage (126 s per tile-date), multidate about 2.5x that
-(extrapolated, not measured).
+Measured here (2 vCPUs, AMD EPYC), full tile x 4 dates (figures and tables in
+``docs/scaling.md``): writing the catalog took 72-159 s (2.7 GB of COGs, 0.68 GB per date).
+With the default reader (``ItemsReader``), idle machine: ``pairwise`` 110 s, peak 777 MiB;
+``multidate`` 149 s with its 1024 px chunks (278 s with 512 px), peak 1321 MiB; both recall
+0.99 (1830 and 1821 objects for 1764 planted). With the lazy cube's reader and a load average
+of about 4, ``pairwise`` took 505 s (reading 19x the change core's task time).
 """
 
 from __future__ import annotations

@@ -92,9 +92,6 @@ MULTIDATE_REFERENCE_WINDOW_PX = 512
 REFERENCE_WINDOW_PX = 2048
 """Largest window of the reference comparison (the reference needs many full temporaries)."""
 
-CHUNK_PX = 1024
-"""Spatial chunk of the stage."""
-
 MULTIDATE_CORE_FIELDS = (
     "core_pixels",
     "core_threads",
@@ -225,12 +222,11 @@ def stage_run(size: int, dates: int, seed: int, method: str) -> tuple[dict[str, 
     from pipeline.stages.tile import detect_tile
 
     cfg = DetectConfig()
-    chunk = CHUNK_PX if method == "pairwise" else None  # multidate: the stage's own choice
     warm = SyntheticStack((64, 64), dates, seed=seed, object_spacing_px=32, period_px=61)
-    detect_tile(warm, cfg, method=method, chunk_px=chunk, n_threads=THREADS)
+    detect_tile(warm, cfg, method=method, n_threads=THREADS)
     stack = SyntheticStack((size, size), dates, seed=seed)
     start = time.perf_counter()
-    result = detect_tile(stack, cfg, method=method, chunk_px=chunk, n_threads=THREADS)
+    result = detect_tile(stack, cfg, method=method, n_threads=THREADS)  # its own chunks
     seconds = time.perf_counter() - start
     stage_peak = peak_rss_mb()
     input_bytes = size * size * dates * (4 * stack.n_bands + 1)

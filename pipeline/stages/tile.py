@@ -52,7 +52,7 @@ from affine import Affine
 from scipy import ndimage
 
 from pipeline.config import DetectConfig
-from pipeline.detect_config import DetectMethod
+from pipeline.detect_config import DETECT_METHODS, DetectMethod
 from pipeline.errors import ConfigError, DataError
 from pipeline.io.tile_read import CubeReader, StackReader, read_sample, read_window, sample_windows
 from pipeline.kernels.detect.normalise import fit_radiometry, null_scale
@@ -79,7 +79,7 @@ from pipeline.kernels.scale.tile_label import (
 from pipeline.stages.tile_series import fit_sample, stream_series_chunk
 
 __all__ = [
-    "CHUNK_PX",
+    "PAIRWISE_CHUNK_PX",
     "CubeReader",
     "StackReader",
     "TileResult",
@@ -90,10 +90,9 @@ __all__ = [
     "stream_chunk",
 ]
 
-CHUNK_PX = {"pairwise": 1024, "multidate": 512}
-"""Default chunk side of each method. A pairwise task holds a few single-date windows, whatever
-the number of dates; a multi-date task holds every date of its chunk, so the multi-date default
-is only a fallback: :func:`detect_tile` sizes its chunks with :func:`series_chunk_px`."""
+PAIRWISE_CHUNK_PX = 1024
+"""Default chunk side of the pairwise method: a task holds a few single-date windows, whatever
+the number of dates (a multi-date task holds every date of its chunk: :func:`series_chunk_px`)."""
 
 SERIES_CHUNKS_PX = (256, 512, 1024)
 """Chunk sides :func:`series_chunk_px` chooses from: multiples of the 256 and 512 px blocks of
@@ -485,7 +484,7 @@ def detect_tile(
         (:mod:`pipeline.stages.tile_series`). Pass ``cfg.method`` to follow the config.
     chunk_px
         Side of the spatial chunks. A pairwise task holds a few windows of this side plus a
-        margin (None: :data:`CHUNK_PX`); a multi-date task every date of one (None: the
+        margin (None: :data:`PAIRWISE_CHUNK_PX`); a multi-date task every date of one (None: the
         largest that fits ``cfg.memory_budget_mb`` on each worker, :func:`series_chunk_px`).
     site
         Name used in object ids.
@@ -507,18 +506,18 @@ def detect_tile(
         When ``method`` is unknown, or a multi-date ``chunk_px`` is not a multiple of the
         drift smoothing's block.
     """
-    if method not in CHUNK_PX:
+    if method not in DETECT_METHODS:
         raise ConfigError(f"tile method {method!r} is unknown: use 'pairwise' or 'multidate'")
     if reader.n_dates < 2:
         raise DataError(f"stack has {reader.n_dates} date(s): need at least 2 to find change")
     if min(reader.shape) < 2:
         raise DataError(f"grid of {reader.shape}: need at least 2 x 2 pixels")
     series = method == "multidate"
-    if chunk_px is None:
-        chunk_px = CHUNK_PX[method]
-        if series:
-            tasks = _worker_threads(client, n_threads)
-            chunk_px = series_chunk_px(reader.shape, reader.n_dates, reader.n_bands, cfg, tasks)
+    if chunk_px is None and series:
+        tasks = _worker_threads(client, n_threads)
+        chunk_px = series_chunk_px(reader.shape, reader.n_dates, reader.n_bands, cfg, tasks)
+    elif chunk_px is None:
+        chunk_px = PAIRWISE_CHUNK_PX
     if series and chunk_px % stats_align_px(cfg):
         raise ConfigError(
             f"chunk_px {chunk_px} is not a multiple of the drift block "

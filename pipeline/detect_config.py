@@ -108,7 +108,9 @@ class DetectConfig(BaseModel):
         gt=0,
         description="Memory (MB) the multi-date detector may hold. Over it (estimated from the "
         "cube's dates, bands and pixels), the detect stage runs window by window with the same "
-        "detections (pipeline.kernels.detect.windows). The default suits a 2-core, 4 GiB worker "
+        "detections (pipeline.kernels.detect.windows). The whole-tile stage (basewatch tile) "
+        "sizes its multi-date chunks so that one per worker thread fits it "
+        "(pipeline.stages.tile.series_chunk_px). The default suits a 2-core, 4 GiB worker "
         "(the cube, the outputs and the interpreter take the rest).",
     )
     # --- the multi-date method (pipeline.kernels.detect.core, pipeline.kernels.detect.multidate,

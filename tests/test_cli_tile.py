@@ -9,6 +9,7 @@ those of `basewatch detect` by location, not byte for byte.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +19,9 @@ import pytest
 from faults import ROOT, demo_catalog, run_cli
 from shapely.geometry import Point, shape
 
+from pipeline.config import DetectConfig
 from pipeline.errors import EXIT_CODES
+from pipeline.stages.tile import series_chunk_px
 
 SITE = "khmeimim"
 START, END = "2024-12-01", "2025-01-02"
@@ -110,6 +113,11 @@ def test_tile_writes_signed_objects_as_geojson(run: dict) -> None:
     assert summary["n_appeared"] == kinds.count("appeared")
     assert len(fc["pairs"]) == len(dates) - 1
     assert set(summary["seconds"]) >= {"load", "sample", "stream", "objects"}
+    # the chunk side the memory budget gives this grid and these dates on this machine's threads
+    ny, nx = summary["grid_px"]
+    tasks = os.cpu_count() or 1
+    want = series_chunk_px((ny, nx), len(dates), len(summary["bands"]), DetectConfig(), tasks)
+    assert summary["chunk_px"] == want
     assert f"{SITE}: tile: {len(features)} objects" in run["tile_stdout"]
 
 

@@ -134,22 +134,6 @@ class CubeReader:
         ]
 
 
-def _crs_codes(item: pystac.Item) -> set[str]:
-    """The ``EPSG:n`` codes an Item and its assets declare (projection extension: ``proj:code``
-    or ``proj:epsg``); ``"?"`` where a level declares neither."""
-    codes = set()
-    for fields in (item.properties, *(a.extra_fields for a in item.assets.values())):
-        code = fields.get("proj:code")
-        epsg = fields.get("proj:epsg")
-        if code:
-            codes.add(str(code).upper())
-        elif epsg:
-            codes.add(f"EPSG:{int(epsg)}")
-        elif fields is item.properties:
-            codes.add("?")  # an asset without its own falls back on the Item's
-    return codes
-
-
 def _covered(ds: Any, bands: tuple[str, ...]) -> bool:
     """Whether a loaded window has data in every band and the SCL at every pixel."""
     from pipeline.io.load import SCL
@@ -211,6 +195,7 @@ class ItemsReader(CubeReader):
     ):
         from odc.geo.geobox import GeoBox
 
+        from pipeline.io.catalog import item_epsg
         from pipeline.io.load import items_by_time
 
         super().__init__(cube, bands)
@@ -220,12 +205,13 @@ class ItemsReader(CubeReader):
         self.dilation_px = int(dilation)  # the same mask as the cube's, window by window
         self.geobox = GeoBox(self.shape, self.transform, self.crs)
         self.day_items = items_by_time(items, self.geobox, cube["time"].values)
-        own = f"EPSG:{self.geobox.crs.epsg}" if self.geobox.crs.epsg is not None else None
+        own = self.geobox.crs.epsg
         self.own_items = [
-            [item for item in day if own is not None and _crs_codes(item) == {own}]
+            [item for item in day if own is not None and item_epsg(item) == own]
             for day in self.day_items
         ]
-        """Per date, its Items in the cube's CRS, in the loader's order (they come first)."""
+        """Per date, its Items in the cube's CRS, in the loader's order (which puts them first,
+        by the same :func:`pipeline.io.catalog.item_epsg`)."""
         self.resampling = resampling
         self.network = network
 

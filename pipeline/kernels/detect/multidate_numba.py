@@ -15,9 +15,9 @@ walked in date order, forward for what depends on the past and backward for what
 the future, and per-lane scratch stays in cache.
 
 - :func:`noise_rows`: consecutive differences (one slot per date, +inf where there is none),
-  sorted per lane by a sorting network (compare-exchange over lanes), then the trimmed sum of
-  the smallest ones in ascending order and the median slope, as ``numpy.sort`` + ``cumsum``
-  give them.
+  sorted per lane by a sorting network (integer ``min``/``max`` over lanes, on keys that order
+  as the floats do: :func:`_sort_keys`), then the trimmed sum of the smallest ones in ascending
+  order and the median slope, as ``numpy.sort`` + ``cumsum`` give them.
 - :func:`excursion_rows`: a forward pass (step from the last valid observation), a backward
   pass (step to the next one), both with selects.
 - :func:`change_rows`: a forward pass (the before-window sums, nearest observation first, from a
@@ -30,8 +30,11 @@ the future, and per-lane scratch stays in cache.
 Where a lane keeps its old value or takes a new one (``dst = src if ok else dst``), the bits are
 moved through int32 views and masks (:func:`_merge`): written as a float select of two loads,
 LLVM turns it into one load from a selected address and leaves the loop scalar (the noise
-estimate and the step test took about twice as long). Scratch rows are :data:`PAD` lanes
-longer than a tile, so no two of them sit a multiple of 4 KiB apart.
+estimate and the step test took about twice as long). Per-lane flags are int32 masks (-1 or 0)
+and counts int32 or float32, never bool or int64 beside float32 data: a loop mixing lane
+widths is widened and packed, or left scalar (the noise estimate and the excursion with its
+baseline took twice as long). Scratch rows are :data:`PAD` lanes longer than a tile, so no
+two of them sit a multiple of 4 KiB apart.
 
 No fast-math (NaN tests and the order of float32 sums must stay exact). Every function
 releases the GIL and is cached on disk.
@@ -51,6 +54,10 @@ HALF = np.float32(0.5)
 TWO = np.float32(2.0)
 NAN32 = np.float32(np.nan)
 INF32 = np.float32(np.inf)
+
+SORT_LANES = 256
+"""Lanes sorted together: their slots (up to 29 rows of 1 KiB at 30 dates) stay in the L1
+cache through the whole network."""
 
 PAD = 16
 """Extra lanes of every scratch row: row strides a multiple of 4 KiB make loads wait on
@@ -110,26 +117,34 @@ def sorting_network(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _sort_lanes(buf, net_i, net_j, w, keep):  # type: ignore[no-untyped-def]
-    """Sort ``buf[:, :w]`` (slots, lanes) along the slots by the network ``(net_i, net_j)``.
+def _sort_keys(keys, net_i, net_j, w):  # type: ignore[no-untyped-def]
+    """Sort ``keys[:, :w]`` (slots, lanes; int32) along the slots by the network
+    ``(net_i, net_j)``: each comparator puts the smaller key in the lower slot (integer
+    ``min``/``max``, which LLVM vectorises)."""
+    for i0 in range(0, w, SORT_LANES):
+        i1 = min(i0 + SORT_LANES, w)
+        for c in range(net_i.shape[0]):
+            # views from lane 0, so indices are known non-negative (else numba's wraparound
+            # test leaves the loop scalar)
+            lo = keys[net_i[c], i0:i1]
+            hi = keys[net_j[c], i0:i1]
+            for i in range(i1 - i0):
+                u = lo[i]
+                v = hi[i]
+                lo[i] = min(u, v)
+                hi[i] = max(u, v)
 
-    Each comparator keeps ``lo`` where ``lo <= hi`` and swaps otherwise (``keep``: int32
-    scratch of the lanes), moving bits through integer masks as :func:`_merge` does.
-    """
-    bits = buf.view(np.int32)
-    for c in range(net_i.shape[0]):
-        lo = buf[net_i[c]]
-        hi = buf[net_j[c]]
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _flip_negative(keys, w):  # type: ignore[no-untyped-def]
+    """Float32 bits <-> int32 keys in the same order (its own inverse): a negative float's
+    bits, read as an int32, grow with its magnitude, so they are flipped but for the sign.
+    ``-0.0`` gets the key just below ``+0.0``'s."""
+    for s in range(keys.shape[0]):
+        row = keys[s]
         for i in range(w):
-            keep[i] = -np.int32(lo[i] <= hi[i])
-        lo_bits = bits[net_i[c]]
-        hi_bits = bits[net_j[c]]
-        for i in range(w):
-            u = lo_bits[i]
-            v = hi_bits[i]
-            m = keep[i]
-            lo_bits[i] = (u & m) | (v & ~m)
-            hi_bits[i] = (v & m) | (u & ~m)
+            b = row[i]
+            row[i] = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -147,16 +162,17 @@ def noise_rows(  # type: ignore[no-untyped-def]
     L = TILE
     pz = np.zeros((n_bands, L + PAD), np.float32)
     pt = np.zeros(L, np.float32)
-    has = np.zeros(L, np.bool_)
-    n = np.zeros(L, np.int64)
-    ok = np.zeros(L, np.bool_)
+    has = np.zeros(L, np.int32)
+    n = np.zeros(L, np.int32)
+    use_mask = np.zeros(L, np.int32)
     sl = np.empty((n_bands, m, L + PAD), np.float32)
     sq = np.empty((n_bands, m, L + PAD), np.float32)
-    swap_mask = np.empty(L, np.int32)
+    sl_bits = sl.view(np.int32)
+    sq_bits = sq.view(np.int32)
     ok_mask = np.empty(L, np.int32)
     pz_bits = pz.view(np.int32)
     z_bits = z.view(np.int32)
-    cnt = np.zeros((n_bands, L), np.int64)
+    cnt = np.zeros((n_bands, L), np.int32)
     dt = np.empty(L, np.float32)
     total = np.empty(L, np.float32)
     last = np.empty(L, np.int64)
@@ -164,7 +180,7 @@ def noise_rows(  # type: ignore[no-untyped-def]
         for x0 in range(0, nx, L):
             w = min(L, nx - x0)
             for i in range(w):
-                has[i] = False
+                has[i] = 0
                 n[i] = 0
             for b in range(n_bands):
                 for i in range(w):
@@ -174,8 +190,9 @@ def noise_rows(  # type: ignore[no-untyped-def]
                 tt = t_units[t]
                 okr = valid[t, y, x0 : x0 + w]
                 for i in range(w):
-                    ok[i] = okr[i]
-                    ok_mask[i] = -np.int32(okr[i])
+                    mk = -np.int32(okr[i])
+                    ok_mask[i] = mk
+                    use_mask[i] = mk & has[i]
                     d = tt - pt[i]
                     dt[i] = d if d >= min_dt else min_dt
                 for b in range(n_bands):
@@ -189,22 +206,26 @@ def noise_rows(  # type: ignore[no-untyped-def]
                             d = zr[i] - pzb[i]
                             s = d / dt[i]
                             q = d * d / TWO
-                            use = ok[i] & has[i]
+                            use = use_mask[i] != 0
                             s_ok = use & (s == s)
                             slb[i] = s if s_ok else INF32
                             sqb[i] = q if use & (q == q) else INF32
-                            cb[i] += 1 if s_ok else 0
+                            cb[i] += np.int32(1) if s_ok else np.int32(0)
                     _merge(pz_bits[b], z_bits[t, b, y, x0 : x0 + w], ok_mask, w)
                 for i in range(w):
-                    pt[i] = tt if ok[i] else pt[i]
-                    has[i] = has[i] | ok[i]
-                    n[i] += 1 if ok[i] else 0
+                    mk = ok_mask[i]
+                    pt[i] = tt if mk != 0 else pt[i]
+                    has[i] = has[i] | mk
+                    n[i] -= mk
             for i in range(w):
                 nd = max(n[i] - 1, 0)
                 last[i] = min(max(keep_tab[nd] - 1, 0), m - 1)
             for b in range(n_bands):
-                _sort_lanes(sl[b], net_i, net_j, w, swap_mask)
-                _sort_lanes(sq[b], net_i, net_j, w, swap_mask)
+                # squared differences are +0.0 or more (or +inf): their bits sort as int32
+                _sort_keys(sq_bits[b], net_i, net_j, w)
+                _flip_negative(sl_bits[b], w)
+                _sort_keys(sl_bits[b], net_i, net_j, w)
+                _flip_negative(sl_bits[b], w)
                 for i in range(w):
                     total[i] = F0
                 for k in range(m):
@@ -251,16 +272,17 @@ def excursion_rows(z, valid, var, with_base, stat, two, base, r0, r1):  # type: 
     step = np.empty(L, np.float32)
     carry_bits = carry.view(np.int32)
     acc = np.empty(L, np.float32)
-    has = np.zeros(L, np.bool_)
-    ok = np.zeros(L, np.bool_)
-    n = np.zeros(L, np.int64)
-    tw = np.zeros(L, np.bool_)
-    first = np.zeros(L, np.bool_)
+    # per-lane flags as int32 masks (-1 true, 0 false) and counts as int32: lanes of one width
+    # with the float32 data, so LLVM vectorises the loops without widening and packing
+    has = np.zeros(L, np.int32)
+    n = np.zeros(L, np.int32)
+    tw = np.zeros(L, np.int32)
+    first = np.zeros(L, np.int32)
     for y in range(r0, r1):
         for x0 in range(0, nx, L):
             w = min(L, nx - x0)
             for i in range(w):
-                has[i] = False
+                has[i] = 0
                 n[i] = 0
             for b in range(n_bands):
                 for i in range(w):
@@ -269,7 +291,6 @@ def excursion_rows(z, valid, var, with_base, stat, two, base, r0, r1):  # type: 
             for t in range(t_len):
                 okr = valid[t, y, x0 : x0 + w]
                 for i in range(w):
-                    ok[i] = okr[i]
                     ok_mask[i] = -np.int32(okr[i])
                 for b in range(n_bands):
                     zr = z[t, b, y, x0 : x0 + w]
@@ -283,19 +304,20 @@ def excursion_rows(z, valid, var, with_base, stat, two, base, r0, r1):  # type: 
                     if with_base:
                         br = base[t, b, y, x0 : x0 + w]
                         for i in range(w):
-                            br[i] = pzb[i] if ok[i] else NAN32
+                            br[i] = pzb[i] if ok_mask[i] != 0 else NAN32
                     _merge(pz_bits[b], z_bits[t, b, y, x0 : x0 + w], ok_mask, w)
                     _merge(pv_bits[b], var_bits[t, b, y, x0 : x0 + w], ok_mask, w)
                 sr = stat[t, y, x0 : x0 + w]
                 twr = two[t, y, x0 : x0 + w]
                 for i in range(w):
-                    sr[i] = acc[i] if ok[i] & has[i] else NAN32
-                    twr[i] = has[i] & ok[i]
-                    has[i] = has[i] | ok[i]
-                    n[i] += 1 if ok[i] else 0
-            # backward: pz now holds the next valid observation, ``has`` whether there is one
+                    mk = ok_mask[i]
+                    both = (mk & has[i]) != 0
+                    sr[i] = acc[i] if both else NAN32
+                    twr[i] = both
+                    has[i] = has[i] | mk
+                    n[i] -= mk
+            # backward: pz now holds the next valid observation
             for i in range(w):
-                has[i] = False
                 carry[i] = NAN32
             for t in range(t_len - 1, -1, -1):
                 okr = valid[t, y, x0 : x0 + w]
@@ -303,7 +325,6 @@ def excursion_rows(z, valid, var, with_base, stat, two, base, r0, r1):  # type: 
                 twr = two[t, y, x0 : x0 + w]
                 for i in range(w):
                     o = okr[i]
-                    ok[i] = o
                     ok_mask[i] = -np.int32(o)
                     left = sr[i]
                     right = carry[i]
@@ -311,8 +332,8 @@ def excursion_rows(z, valid, var, with_base, stat, two, base, r0, r1):  # type: 
                     one = right if left != left else left
                     st = (left if left <= right else right) if both else one
                     step[i] = st if o else NAN32
-                    first[i] = not twr[i]
-                    tw[i] = both & o
+                    first[i] = np.int32(twr[i]) - np.int32(1)
+                    tw[i] = -np.int32(both & o)
                     twr[i] = both & o
                 _merge(carry_bits, stat_bits[t, y, x0 : x0 + w], ok_mask, w)
                 for i in range(w):
@@ -325,8 +346,8 @@ def excursion_rows(z, valid, var, with_base, stat, two, base, r0, r1):  # type: 
                     for i in range(w):
                         prev = br[i]
                         nxt = pzb[i]
-                        v = (prev + nxt) * HALF if tw[i] else (nxt if first[i] else prev)
-                        br[i] = v if ok[i] else NAN32
+                        v = (prev + nxt) * HALF if tw[i] != 0 else (nxt if first[i] != 0 else prev)
+                        br[i] = v if ok_mask[i] != 0 else NAN32
                     _merge(pz_bits[b], z_bits[t, b, y, x0 : x0 + w], ok_mask, w)
             # a lone observation is compared with the first invalid date (numpy's rank 1)
             for i in range(w):
@@ -365,7 +386,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
     cur,
     obs,
     acc,
-    ok,
+    drop,
     ok_mask,
     score,
     n_before,
@@ -378,23 +399,24 @@ def _change_pass(  # type: ignore[no-untyped-def]
     numpy path, windows bounded by ``strong`` (T, lanes)); writes the six outputs.
 
     ``ring`` (3, window, B, lanes): weights, weighted values and weighted times of the last
-    (forward) or next (backward) ``rc`` valid observations, nearest first; slots ``rc:`` are
-    +0.0. ``obs`` (3, lanes): the current observation's three terms; ``cur`` (lanes): the
-    statistic summed over bands; ``ok``/``ok_mask``: the date's validity as bool and as an
-    int32 mask (also the reset mask of strong breaks).
+    (forward) or next (backward) ``rc`` (float32 count) valid observations, nearest first;
+    slots ``rc:`` are +0.0. ``pidx`` (int32): date of the last valid observation. ``obs`` (3,
+    lanes): the current observation's three terms; ``cur`` (lanes): the statistic summed over
+    bands; ``ok_mask``: the date's validity as an int32 mask, ``drop``: the lanes a strong break
+    resets (int32 mask).
     """
     t_len, n_bands = z.shape[0], z.shape[1]
     ring_bits = ring.view(np.int32)
     obs_bits = obs.view(np.int32)
+    fwin = np.float32(window)
     for i in range(w):
-        rc[i] = 0
+        rc[i] = F0
         pidx[i] = -1
     ring[:, :, :, :w] = F0
     for t in range(t_len):
         tt = t_units[t]
         okr = valid[t, y, x0 : x0 + w]
         for i in range(w):
-            ok[i] = okr[i]
             ok_mask[i] = -np.int32(okr[i])
         for b in range(n_bands):
             zr = z[t, b, y, x0 : x0 + w]
@@ -417,7 +439,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
                         aq[i] = aq[i] + rq[i]
             mbr = mean_before[t, b, y, x0 : x0 + w]
             for i in range(w):
-                mbr[i] = acc[1, i] / acc[0, i] if ok[i] else NAN32
+                mbr[i] = acc[1, i] / acc[0, i] if ok_mask[i] != 0 else NAN32
                 tbw[t, b, i] = acc[2, i] / acc[0, i]
                 iwb[t, b, i] = F1 / acc[0, i]
             for j in range(window - 1, 0, -1):
@@ -430,28 +452,29 @@ def _change_pass(  # type: ignore[no-untyped-def]
         st = strong[t]
         n_reset = 0
         for i in range(w):
-            nbr[i] = np.float32(rc[i]) if ok[i] else F0
-            bir[i] = pidx[i] if ok[i] else -1
-            r = 0 if st[i] else rc[i]
-            r = min(r + 1, window)
-            rc[i] = r if ok[i] else rc[i]
-            pidx[i] = t if ok[i] else pidx[i]
-            reset = ok[i] & st[i]
-            ok_mask[i] = -np.int32(reset)
+            o = ok_mask[i] != 0
+            nbr[i] = rc[i] if o else F0
+            bir[i] = np.int16(pidx[i]) if o else np.int16(-1)
+            r = F0 if st[i] else rc[i]
+            r = min(r + F1, fwin)
+            rc[i] = r if o else rc[i]
+            pidx[i] = np.int32(t) if o else pidx[i]
+            reset = o & st[i]
+            drop[i] = -np.int32(reset)
             n_reset += 1 if reset else 0
         if n_reset > 0:
-            _drop_from(ring_bits, 1, ok_mask, w)
+            _drop_from(ring_bits, 1, drop, w)
     for i in range(w):
-        rc[i] = 0
+        rc[i] = F0
     ring[:, :, :, :w] = F0
     for t in range(t_len - 1, -1, -1):
         tt = t_units[t]
         okr = valid[t, y, x0 : x0 + w]
         for i in range(w):
-            ok[i] = okr[i]
-            ok_mask[i] = -np.int32(okr[i])
-            r = min(rc[i] + 1, window)
-            rc[i] = r if ok[i] else rc[i]
+            o = okr[i]
+            ok_mask[i] = -np.int32(o)
+            r = min(rc[i] + F1, fwin)
+            rc[i] = r if o else rc[i]
         for b in range(n_bands):
             zr = z[t, b, y, x0 : x0 + w]
             vr = var[t, b, y, x0 : x0 + w]
@@ -487,7 +510,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
                 d = ma - mbr[i]
                 term = d * d / v
                 cur[i] = term if b == 0 else cur[i] + term
-                mar[i] = ma if ok[i] else NAN32
+                mar[i] = ma if ok_mask[i] != 0 else NAN32
         scr = score[t, y, x0 : x0 + w]
         nbr = n_before[t, y, x0 : x0 + w]
         nar = n_after[t, y, x0 : x0 + w]
@@ -495,16 +518,17 @@ def _change_pass(  # type: ignore[no-untyped-def]
         bir = before_index[t, y, x0 : x0 + w]
         st = strong[t]
         for i in range(w):
-            na = np.float32(rc[i])
-            good = ok[i] & (bir[i] >= 0) & (nbr[i] > F0) & (na > F0)
+            o = ok_mask[i] != 0
+            na = rc[i]
+            good = o & (bir[i] >= 0) & (nbr[i] > F0) & (na > F0)
             scr[i] = cur[i] if good else NAN32
-            nar[i] = na if ok[i] else F0
-            reset = ok[i] & st[i]
-            rc[i] = 0 if reset else rc[i]
-            ok_mask[i] = -np.int32(reset)
+            nar[i] = na if o else F0
+            reset = o & st[i]
+            rc[i] = F0 if reset else rc[i]
+            drop[i] = -np.int32(reset)
             n_reset += 1 if reset else 0
         if n_reset > 0:
-            _drop_from(ring_bits, 0, ok_mask, w)
+            _drop_from(ring_bits, 0, drop, w)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -534,14 +558,14 @@ def change_rows(  # type: ignore[no-untyped-def]
     L = TILE
     LP = L + PAD
     ring = np.zeros((3, window, n_bands, LP), np.float32)
-    rc = np.zeros(L, np.int64)
-    pidx = np.zeros(L, np.int64)
+    rc = np.zeros(L, np.float32)
+    pidx = np.zeros(L, np.int32)
     tbw = np.empty((t_len, n_bands, LP), np.float32)
     iwb = np.empty((t_len, n_bands, LP), np.float32)
     cur = np.empty(LP, np.float32)
     obs = np.empty((3, LP), np.float32)
     acc = np.empty((3, LP), np.float32)
-    ok = np.empty(L, np.bool_)
+    drop = np.empty(L, np.int32)
     ok_mask = np.empty(L, np.int32)
     strong = np.zeros((t_len, L), np.bool_)
     busy = np.empty(nx, np.int64)
@@ -586,7 +610,7 @@ def change_rows(  # type: ignore[no-untyped-def]
                 cur,
                 obs,
                 acc,
-                ok,
+                drop,
                 ok_mask,
                 score,
                 n_before,
@@ -654,7 +678,7 @@ def change_rows(  # type: ignore[no-untyped-def]
                     cur,
                     obs,
                     acc,
-                    ok,
+                    drop,
                     ok_mask,
                     g_score,
                     g_nb,

@@ -366,6 +366,34 @@ def excursion_rows(z, valid, var, with_base, stat, two, base, r0, r1):  # type: 
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
+def _window_sums(ring, b, acc, w):  # type: ignore[no-untyped-def]
+    """``acc[q, :w] += ring[q, 0, b] + ring[q, 1, b] + ...`` for the three terms ``q``, adding
+    the slots one by one in slot order (nearest observation first), as the numpy path adds.
+
+    Four slots per pass over the lanes: each pass loads and stores ``acc`` once, not once a
+    slot (a pass with one store and five loads stays within LLVM's runtime alias checks, so it
+    is vectorised).
+    """
+    n_slots = ring.shape[1]
+    for q in range(3):
+        aq = acc[q]
+        j = 0
+        while j + 4 <= n_slots:
+            r0 = ring[q, j, b]
+            r1 = ring[q, j + 1, b]
+            r2 = ring[q, j + 2, b]
+            r3 = ring[q, j + 3, b]
+            for i in range(w):
+                aq[i] = (((aq[i] + r0[i]) + r1[i]) + r2[i]) + r3[i]
+            j += 4
+        while j < n_slots:
+            r0 = ring[q, j, b]
+            for i in range(w):
+                aq[i] = aq[i] + r0[i]
+            j += 1
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
 def _change_pass(  # type: ignore[no-untyped-def]
     z,
     var,
@@ -431,12 +459,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
                 acc[0, i] = F0
                 acc[1, i] = F0
                 acc[2, i] = F0
-            for j in range(window):
-                for q in range(3):
-                    rq = ring[q, j, b]
-                    aq = acc[q]
-                    for i in range(w):
-                        aq[i] = aq[i] + rq[i]
+            _window_sums(ring, b, acc, w)
             mbr = mean_before[t, b, y, x0 : x0 + w]
             for i in range(w):
                 mbr[i] = acc[1, i] / acc[0, i] if ok_mask[i] != 0 else NAN32
@@ -494,12 +517,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
                 acc[2, i] = F0
             for q in range(3):
                 _merge(ring_bits[q, 0, b], obs_bits[q], ok_mask, w)
-            for j in range(window):
-                for q in range(3):
-                    rq = ring[q, j, b]
-                    aq = acc[q]
-                    for i in range(w):
-                        aq[i] = aq[i] + rq[i]
+            _window_sums(ring, b, acc, w)
             mbr = mean_before[t, b, y, x0 : x0 + w]
             mar = mean_after[t, b, y, x0 : x0 + w]
             for i in range(w):

@@ -60,6 +60,7 @@ import sys
 import time
 import tracemalloc
 from dataclasses import fields, is_dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,7 @@ MULTIDATE_CORE_FIELDS = (
     "reference_peak_alloc_mb",
     "core_peak_alloc_mb",
     "core_measured_at_size_px",
+    "core_parts_seconds",
 )
 """Fields of :func:`multidate_core` (and where it ran) copied between rows of one date count."""
 
@@ -445,7 +447,9 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
     through :func:`numpy.copyto` into preallocated arrays (one thread); ``core_gbps``: the same
     bytes per second through the three statistics (``engine="numba"``), on one thread and on
     every core (bands of rows), the faster reported (``core_threads``; both kept:
-    ``core_gbps_1thread``); ``ratio_to_copy`` = copy time / statistics time.
+    ``core_gbps_1thread``); ``ratio_to_copy`` = copy time / statistics time;
+    ``core_parts_seconds``: each statistic alone (``noise``, ``excursion``, ``step_test``) at
+    that thread count, where the statistics' time goes.
     ``io_floor_seconds``: the least memory traffic of any engine with these outputs: every input
     read once (a reduction) and every output written once into fresh arrays, as the detector
     gets them (``output_bytes_per_pixel`` against ``input_bytes_per_pixel``), in bands of rows
@@ -542,6 +546,33 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
     core_1t_s = best_seconds(lambda: statistics(inputs), 3)
     core_nt_s = best_seconds(lambda: statistics(inputs, CORE_THREADS), 3)
     core_s, threads = min((core_1t_s, 1), (core_nt_s, CORE_THREADS))
+
+    def part(name: str) -> None:
+        """One statistic alone, at the thread count of the core's time."""
+        z, v, ok, sl, sv = inputs
+        kw: dict[str, Any] = {"threads": threads}
+        if name == "noise":
+            multidate.series_noise(z, ok, days, trim=cfg.series_noise_trim, **kw)
+        elif name == "excursion":
+            multidate.excursion_stat(z, v, ok, **kw)
+        else:
+            multidate.series_change(
+                z,
+                v,
+                ok,
+                days,
+                slope=sl,
+                slope_var=sv,
+                window=cfg.window_dates,
+                threshold=seed_thr,
+                max_changes=cfg.max_changes,
+                **kw,
+            )
+
+    parts_s = {
+        name: round(best_seconds(partial(part, name), 2), 4)
+        for name in ("noise", "excursion", "step_test")
+    }
     r = min(size, MULTIDATE_REFERENCE_WINDOW_PX)
     sub = [np.ascontiguousarray(a[..., :r, :r]) for a in inputs]
     inputs.clear()
@@ -561,6 +592,7 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
         "ratio_to_copy": round(copy_s / core_s, 3),
         "core_gbps_1thread": round(nbytes / core_1t_s / 1e9, 3),
         "ratio_to_copy_1thread": round(copy_s / core_1t_s, 3),
+        "core_parts_seconds": parts_s,
         "input_bytes_per_pixel": round(nbytes / (size * size), 1),
         "output_bytes_per_pixel": round(out_bytes / (size * size), 1),
         "io_floor_seconds": round(floor_s, 4),

@@ -175,7 +175,10 @@ def noise_rows(  # type: ignore[no-untyped-def]
     cnt = np.zeros((n_bands, L), np.int32)
     dt = np.empty(L, np.float32)
     total = np.empty(L, np.float32)
-    last = np.empty(L, np.int64)
+    last = np.empty(L, np.int32)
+    kept = np.empty(L, np.float64)
+    fac = np.empty(L, np.float64)
+    enough = np.empty(L, np.int32)
     for y in range(r0, r1):
         for x0 in range(0, nx, L):
             w = min(L, nx - x0)
@@ -219,7 +222,10 @@ def noise_rows(  # type: ignore[no-untyped-def]
                     n[i] -= mk
             for i in range(w):
                 nd = max(n[i] - 1, 0)
-                last[i] = min(max(keep_tab[nd] - 1, 0), m - 1)
+                last[i] = np.int32(min(max(keep_tab[nd] - 1, 0), m - 1))
+                kept[i] = np.float64(max(keep_tab[nd], 1))
+                fac[i] = factor_tab[nd]
+                enough[i] = -np.int32(n[i] >= min_obs)
             for b in range(n_bands):
                 # squared differences are +0.0 or more (or +inf): their bits sort as int32
                 _sort_keys(sq_bits[b], net_i, net_j, w)
@@ -230,13 +236,17 @@ def noise_rows(  # type: ignore[no-untyped-def]
                     total[i] = F0
                 for k in range(m):
                     sqk = sq[b, k]
+                    kk = np.int32(k)
                     for i in range(w):
                         v = sqk[i]
-                        total[i] = total[i] + (v if (k <= last[i]) & (v < INF32) else F0)
+                        total[i] = total[i] + (v if (kk <= last[i]) & (v < INF32) else F0)
+                # the noise in a loop of its own, without per-lane table lookups, is vectorised
+                noise_row = out[0, b, y, x0 : x0 + w]
                 for i in range(w):
-                    nd = max(n[i] - 1, 0)
-                    keep = max(keep_tab[nd], 1)
-                    noise = np.sqrt(np.float64(total[i]) / np.float64(keep) / factor_tab[nd])
+                    noise = np.sqrt(np.float64(total[i]) / kept[i] / fac[i])
+                    noise_row[i] = np.float32(noise) if enough[i] != 0 else NAN32
+                slope_row = out[1, b, y, x0 : x0 + w]
+                for i in range(w):
                     c = cnt[b, i]
                     if c > 0:
                         lo = sl[b, max((c - 1) // 2, 0), i]
@@ -244,9 +254,7 @@ def noise_rows(  # type: ignore[no-untyped-def]
                         slope = (lo + hi) / TWO
                     else:
                         slope = NAN32
-                    enough = n[i] >= min_obs
-                    out[0, b, y, x0 + i] = np.float32(noise) if enough else NAN32
-                    out[1, b, y, x0 + i] = slope if enough else F0
+                    slope_row[i] = slope if enough[i] != 0 else F0
 
 
 @njit(nogil=True, cache=True, error_model="numpy")

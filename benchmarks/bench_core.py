@@ -60,7 +60,6 @@ import sys
 import time
 import tracemalloc
 from dataclasses import fields, is_dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +115,9 @@ MULTIDATE_CORE_FIELDS = (
     "core_parts_seconds",
 )
 """Fields of :func:`multidate_core` (and where it ran) copied between rows of one date count."""
+
+STATISTICS = ("noise", "excursion", "step_test")
+"""The multi-date statistics, in the detector's order (``core_parts_seconds``'s keys)."""
 
 THREADS = 2
 """Dask threads of the stage."""
@@ -492,26 +494,36 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
     seed_thr, _ = series_thresholds(cfg, stack.n_bands)
 
     def statistics(
-        arrays: list[np.ndarray], threads: int = 1, engine: str = "numba"
+        arrays: list[np.ndarray],
+        threads: int = 1,
+        engine: str = "numba",
+        which: tuple[str, ...] = STATISTICS,
     ) -> list[np.ndarray]:
-        """The three statistics; their output arrays."""
+        """The statistics named in ``which`` (all three: the detector's calls, in its order);
+        their output arrays."""
         z, v, ok, sl, sv = arrays
         kw: dict[str, Any] = {"engine": engine, "threads": threads}
-        noise_out = multidate.series_noise(z, ok, days, trim=cfg.series_noise_trim, **kw)
-        excursion = multidate.excursion_stat(z, v, ok, **kw)
-        change = multidate.series_change(
-            z,
-            v,
-            ok,
-            days,
-            slope=sl,
-            slope_var=sv,
-            window=cfg.window_dates,
-            threshold=seed_thr,
-            max_changes=cfg.max_changes,
-            **kw,
-        )
-        return _arrays([noise_out, excursion, change])
+        out: list[Any] = []
+        if "noise" in which:
+            out.append(multidate.series_noise(z, ok, days, trim=cfg.series_noise_trim, **kw))
+        if "excursion" in which:
+            out.append(multidate.excursion_stat(z, v, ok, **kw))
+        if "step_test" in which:
+            out.append(
+                multidate.series_change(
+                    z,
+                    v,
+                    ok,
+                    days,
+                    slope=sl,
+                    slope_var=sv,
+                    window=cfg.window_dates,
+                    threshold=seed_thr,
+                    max_changes=cfg.max_changes,
+                    **kw,
+                )
+            )
+        return _arrays(out)
 
     nbytes = sum(a.nbytes for a in inputs)
     targets = [np.empty_like(a) for a in inputs]
@@ -547,31 +559,9 @@ def multidate_core(size: int, dates: int, seed: int) -> dict[str, Any]:
     core_nt_s = best_seconds(lambda: statistics(inputs, CORE_THREADS), 3)
     core_s, threads = min((core_1t_s, 1), (core_nt_s, CORE_THREADS))
 
-    def part(name: str) -> None:
-        """One statistic alone, at the thread count of the core's time."""
-        z, v, ok, sl, sv = inputs
-        kw: dict[str, Any] = {"threads": threads}
-        if name == "noise":
-            multidate.series_noise(z, ok, days, trim=cfg.series_noise_trim, **kw)
-        elif name == "excursion":
-            multidate.excursion_stat(z, v, ok, **kw)
-        else:
-            multidate.series_change(
-                z,
-                v,
-                ok,
-                days,
-                slope=sl,
-                slope_var=sv,
-                window=cfg.window_dates,
-                threshold=seed_thr,
-                max_changes=cfg.max_changes,
-                **kw,
-            )
-
     parts_s = {
-        name: round(best_seconds(partial(part, name), 2), 4)
-        for name in ("noise", "excursion", "step_test")
+        name: round(best_seconds(lambda n=name: statistics(inputs, threads, which=(n,)), 2), 4)
+        for name in STATISTICS
     }
     r = min(size, MULTIDATE_REFERENCE_WINDOW_PX)
     sub = [np.ascontiguousarray(a[..., :r, :r]) for a in inputs]

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import shapely
 from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform as shp_transform
 from shapely.validation import explain_validity
 
 from pipeline.errors import SiteError
@@ -61,12 +61,12 @@ class Site:
     def to_utm(self, geom: BaseGeometry) -> BaseGeometry:
         """Project a lon/lat geometry to the site grid's CRS."""
         tr = Transformer.from_crs(4326, self.epsg, always_xy=True)
-        return shp_transform(tr.transform, geom)
+        return shapely.transform(geom, tr.transform, interleaved=False)
 
     def to_lonlat(self, geom: BaseGeometry) -> BaseGeometry:
         """Project a geometry in the site grid's CRS to lon/lat."""
         tr = Transformer.from_crs(self.epsg, 4326, always_xy=True)
-        return shp_transform(tr.transform, geom)
+        return shapely.transform(geom, tr.transform, interleaved=False)
 
     def geobox(self, resolution_m: float = 10.0) -> GeoBox:
         """The fixed site grid: the AOI's UTM bounds snapped outward to :data:`GRID_ANCHOR_M`.

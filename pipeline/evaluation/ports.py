@@ -99,15 +99,15 @@ def pair_detections(
     list of Detection
         One per feature with at least one pixel (pixel centres inside the polygon).
     """
+    import shapely
     from pyproj import Transformer
     from rasterio.features import rasterize
     from shapely.geometry import shape as to_shape
-    from shapely.ops import transform as reproject
 
     to_grid = Transformer.from_crs(4326, crs, always_xy=True).transform
     out = []
     for f in features:
-        geom = reproject(to_grid, to_shape(f["geometry"]))
+        geom = shapely.transform(to_shape(f["geometry"]), to_grid, interleaved=False)
         mask = rasterize([(geom, 1)], out_shape=shape, transform=transform, dtype="uint8")
         rows, cols = np.nonzero(mask)
         if rows.size:

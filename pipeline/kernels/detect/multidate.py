@@ -236,7 +236,8 @@ def _excursion_np(z: np.ndarray, valid: np.ndarray, var: np.ndarray) -> np.ndarr
     order, n = rank_order(valid)
     zs, vs = to_rank(z, order), to_rank(var, order)
     ok = np.arange(t_len)[:, None, None] < n
-    step = ((zs[1:] - zs[:-1]) ** 2 / (vs[1:] + vs[:-1])).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # past a pixel's count: set NaN below
+        step = ((zs[1:] - zs[:-1]) ** 2 / (vs[1:] + vs[:-1])).sum(axis=1)
     step[~ok[1:]] = np.nan
     nan_row = np.full((1, *step.shape[1:]), np.nan, dtype=np.float32)
     left = np.concatenate([nan_row, step])

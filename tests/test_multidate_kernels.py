@@ -63,7 +63,7 @@ def test_numba_engine_gives_the_reference_bits(t_len: int, n_bands: int, seed: i
     assert no_base is None
     for k, (r, g) in enumerate(zip(ref[:2], lean, strict=True)):
         _same_bits(r, g, f"excursion_stat[{k}] without the baseline")
-    for window in (1, 3, 5):
+    for window in (1, 3, 5, 12):  # 3: the default; 12: the largest DetectConfig allows
         kw = {"slope": slope, "slope_var": slope_var, "window": window, "threshold": 25.0}
         ref_sc = md.series_change(z, var, valid, days, engine="numpy", **kw)
         got_sc = md.series_change(z, var, valid, days, threads=2, **kw)
@@ -75,7 +75,7 @@ def test_numba_engine_gives_the_reference_bits(t_len: int, n_bands: int, seed: i
 
 def test_rows_wider_than_a_lane_tile() -> None:
     """Rows cut into several lane tiles (the last one partial) give the reference's bits: the
-    per-lane state (ring of windows, last observation) starts afresh in every tile, and strong
+    per-lane state (window counts, last observation) starts afresh in every tile, and strong
     breaks near a tile's edge bound the windows of their own lanes only."""
     width = 2 * kern.TILE + 37
     z, var, valid, days, slope, slope_var = _series(7, 14, 4, 0.8, size=(3, width))

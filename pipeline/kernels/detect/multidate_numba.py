@@ -7,9 +7,9 @@ writes what the numpy functions of :mod:`pipeline.kernels.detect.multidate` writ
 operations in the same order: the results are the same bits.
 
 Layout: a row is cut into tiles of :data:`TILE` pixels ("lanes"); the loops run over the dates
-in time order with a small per-lane state (the last valid observation, a ring of the last
-``window`` valid observations), and every innermost loop runs over the lanes of a tile with no
-dependence between them and selects instead of branches, so LLVM vectorises it. Nothing is
+in time order with a small per-lane state (the last valid observation, counts of valid dates),
+and every innermost loop runs over the lanes of a tile with no dependence between them and
+selects instead of branches, so LLVM vectorises it. Nothing is
 gathered into per-pixel rank order: a pixel's "ranks" (its valid dates in time order) are
 walked in date order, forward for what depends on the past and backward for what depends on
 the future, and per-lane scratch stays in cache.
@@ -20,12 +20,15 @@ the future, and per-lane scratch stays in cache.
   order and the median slope, as ``numpy.sort`` + ``cumsum`` give them.
 - :func:`excursion_rows`: a forward pass (step from the last valid observation), a backward
   pass (step to the next one), both with selects.
-- :func:`change_rows`: a forward pass (the before-window sums, nearest observation first, from a
-  ring of the last ``window`` valid observations) and a backward pass (the after-window sums
-  and the statistic). Slots of the ring past a lane's count hold +0.0, so the window sums add
-  every slot: an unused one adds +0.0, the same operation as the masked sum it replaces;
-  strong breaks zero the slots they end. The greedy multi-break re-pass runs only for the
-  pixels of a row with a break above the threshold, gathered into one tile.
+- :func:`change_rows`: a forward pass (each date's three window terms, kept for the tile, and
+  the before-window sums) and a backward pass (the after-window sums and the statistic). A
+  window is marked per date and lane by the count of valid dates before each date: the ``rc``
+  valid dates nearest to the break on its side, where ``rc`` (at most ``window``) restarts at
+  a strong break. The sums walk the dates outward from the break, nearest first, and add +0.0
+  for a date outside the window: the same operation as the masked sum of the numpy path
+  (which starts at +0.0 and is never -0.0), so the same bits, with nothing shifted. The
+  greedy multi-break re-pass runs only for the pixels of a row with a break above the
+  threshold, gathered into one tile.
 
 Where a lane keeps its old value or takes a new one (``dst = src if ok else dst``), the bits are
 moved through int32 views and masks (:func:`_merge`): written as a float select of two loads,
@@ -55,6 +58,9 @@ TWO = np.float32(2.0)
 NAN32 = np.float32(np.nan)
 INF32 = np.float32(np.inf)
 
+NO_DATE = np.int32(2**30)
+"""A bound no count of valid dates reaches (an empty before-window)."""
+
 SORT_LANES = 256
 """Lanes sorted together: their slots (up to 29 rows of 1 KiB at 30 dates) stay in the L1
 cache through the whole network."""
@@ -78,17 +84,6 @@ def _merge(dst, src, mask, w):  # type: ignore[no-untyped-def]
         c = dst[i]
         m = mask[i]
         dst[i] = (a & m) | (c & ~m)
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def _drop_from(ring_bits, j0, mask, w):  # type: ignore[no-untyped-def]
-    """Zero ring slots ``j0:`` of the lanes where ``mask`` is -1 (a strong break ends them)."""
-    for q in range(ring_bits.shape[0]):
-        for j in range(j0, ring_bits.shape[1]):
-            for b in range(ring_bits.shape[2]):
-                row = ring_bits[q, j, b]
-                for i in range(w):
-                    row[i] = row[i] & ~mask[i]
 
 
 def sorting_network(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -374,31 +369,66 @@ def excursion_rows(z, valid, var, with_base, stat, two, base, r0, r1):  # type: 
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _window_sums(ring, b, acc, w):  # type: ignore[no-untyped-def]
-    """``acc[q, :w] += ring[q, 0, b] + ring[q, 1, b] + ...`` for the three terms ``q``, adding
-    the slots one by one in slot order (nearest observation first), as the numpy path adds.
+def _window_masks(cv, vm, bound, t_from, step, inc, w):  # type: ignore[no-untyped-def]
+    """Rows of ``inc`` (int32 masks) from date ``t_from`` on, by ``step`` (-1: back, +1: on),
+    until no lane reaches: a date is in a lane's window where it is valid (``vm``) and its
+    count of earlier valid dates ``cv`` is at least (``step`` -1) or at most (+1) the lane's
+    ``bound``. Returns the last date with a row (``t_from - step``: none)."""
+    t_len = cv.shape[0]
+    d = t_from
+    while 0 <= d < t_len:
+        cvd = cv[d]
+        vmd = vm[d]
+        incd = inc[d]
+        reach = np.int32(0)
+        if step < 0:
+            for i in range(w):
+                r = -np.int32(cvd[i] >= bound[i])
+                incd[i] = vmd[i] & r
+                reach = reach | r
+        else:
+            for i in range(w):
+                r = -np.int32(cvd[i] <= bound[i])
+                incd[i] = vmd[i] & r
+                reach = reach | r
+        if reach == 0:
+            break
+        d += step
+    return d - step
 
-    Four slots per pass over the lanes: each pass loads and stores ``acc`` once, not once a
-    slot (a pass with one store and five loads stays within LLVM's runtime alias checks, so it
-    is vectorised).
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _window_sums(terms, inc, b, t_from, t_to, step, acc, w):  # type: ignore[no-untyped-def]
+    """``acc[q, :w]`` = the sum of ``terms[q, d, b]`` over the dates ``d`` from ``t_from`` to
+    ``t_to`` (by ``step``) whose ``inc[d]`` is -1, added one by one in that order (nearest
+    observation first), as the numpy path adds; +0.0 for the others (the same operation as
+    the masked sum: the sum starts at +0.0 and is never -0.0).
+
+    Two dates per pass over the lanes: one store and five loads stay within LLVM's runtime
+    alias checks, so the pass is vectorised.
     """
-    n_slots = ring.shape[1]
+    n = (t_to - t_from) * step + 1
     for q in range(3):
         aq = acc[q]
+        for i in range(w):
+            aq[i] = F0
         j = 0
-        while j + 4 <= n_slots:
-            r0 = ring[q, j, b]
-            r1 = ring[q, j + 1, b]
-            r2 = ring[q, j + 2, b]
-            r3 = ring[q, j + 3, b]
+        while j + 2 <= n:
+            d0 = t_from + step * j
+            d1 = d0 + step
+            u0 = terms[q, d0, b]
+            u1 = terms[q, d1, b]
+            m0 = inc[d0]
+            m1 = inc[d1]
             for i in range(w):
-                aq[i] = (((aq[i] + r0[i]) + r1[i]) + r2[i]) + r3[i]
-            j += 4
-        while j < n_slots:
-            r0 = ring[q, j, b]
+                aq[i] = (aq[i] + (u0[i] if m0[i] != 0 else F0)) + (u1[i] if m1[i] != 0 else F0)
+            j += 2
+        if j < n:
+            d0 = t_from + step * j
+            u0 = terms[q, d0, b]
+            m0 = inc[d0]
             for i in range(w):
-                aq[i] = aq[i] + r0[i]
-            j += 1
+                aq[i] = aq[i] + (u0[i] if m0[i] != 0 else F0)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -414,16 +444,18 @@ def _change_pass(  # type: ignore[no-untyped-def]
     y,
     x0,
     w,
-    ring,
+    terms,
+    vm,
+    cv,
+    inc,
+    bound,
+    count,
     rc,
     pidx,
     tbw,
     iwb,
     cur,
-    obs,
     acc,
-    drop,
-    ok_mask,
     score,
     n_before,
     n_after,
@@ -434,98 +466,76 @@ def _change_pass(  # type: ignore[no-untyped-def]
     """Step statistic of every break of lanes ``x0:x0 + w`` of row ``y`` (``_step_pass`` of the
     numpy path, windows bounded by ``strong`` (T, lanes)); writes the six outputs.
 
-    ``ring`` (3, window, B, lanes): weights, weighted values and weighted times of the last
-    (forward) or next (backward) ``rc`` (float32 count) valid observations, nearest first;
-    slots ``rc:`` are +0.0. ``pidx`` (int32): date of the last valid observation. ``obs`` (3,
-    lanes): the current observation's three terms; ``cur`` (lanes): the statistic summed over
-    bands; ``ok_mask``: the date's validity as an int32 mask, ``drop``: the lanes a strong break
-    resets (int32 mask).
+    ``terms`` (3, T, B, lanes): each date's weight, weighted value and weighted time (written
+    by the forward pass, read by both). ``vm`` (T, lanes): validity as int32 masks; ``cv`` (T,
+    lanes): valid dates before each date. A window is the ``rc`` (float32 count) valid
+    observations nearest to the break on its side: those whose ``cv`` lies within ``bound``
+    of the break's, marked in ``inc`` (T, lanes). ``pidx`` (int32): date of the last valid
+    observation; ``count`` (int32): valid dates so far; ``cur`` (lanes): the statistic
+    summed over bands.
     """
     t_len, n_bands = z.shape[0], z.shape[1]
-    ring_bits = ring.view(np.int32)
-    obs_bits = obs.view(np.int32)
     fwin = np.float32(window)
     for i in range(w):
         rc[i] = F0
         pidx[i] = -1
-    ring[:, :, :, :w] = F0
+        count[i] = 0
     for t in range(t_len):
         tt = t_units[t]
         okr = valid[t, y, x0 : x0 + w]
+        vmt = vm[t]
+        cvt = cv[t]
         for i in range(w):
-            ok_mask[i] = -np.int32(okr[i])
+            vmt[i] = -np.int32(okr[i])
+            cvt[i] = count[i]
+            # an empty window (rc 0) reaches no date: the scan stops at the last valid one
+            n_in = np.int32(rc[i])
+            bound[i] = count[i] - n_in if n_in > 0 else NO_DATE
+        last = _window_masks(cv, vm, bound, t - 1, -1, inc, w)
         for b in range(n_bands):
             zr = z[t, b, y, x0 : x0 + w]
             vr = var[t, b, y, x0 : x0 + w]
             slr = slope[b, y, x0 : x0 + w]
+            o0 = terms[0, t, b]
+            o1 = terms[1, t, b]
+            o2 = terms[2, t, b]
             for i in range(w):
                 zs = zr[i] - slr[i] * tt
                 wv = F1 / vr[i]
-                obs[0, i] = wv
-                obs[1, i] = zs * wv
-                obs[2, i] = wv * tt
-                acc[0, i] = F0
-                acc[1, i] = F0
-                acc[2, i] = F0
-            _window_sums(ring, b, acc, w)
+                o0[i] = wv
+                o1[i] = zs * wv
+                o2[i] = wv * tt
+            _window_sums(terms, inc, b, t - 1, last, -1, acc, w)
             mbr = mean_before[t, b, y, x0 : x0 + w]
             for i in range(w):
-                mbr[i] = acc[1, i] / acc[0, i] if ok_mask[i] != 0 else NAN32
+                mbr[i] = acc[1, i] / acc[0, i] if vmt[i] != 0 else NAN32
                 tbw[t, b, i] = acc[2, i] / acc[0, i]
                 iwb[t, b, i] = F1 / acc[0, i]
-            for j in range(window - 1, 0, -1):
-                for q in range(3):
-                    _merge(ring_bits[q, j, b], ring_bits[q, j - 1, b], ok_mask, w)
-            for q in range(3):
-                _merge(ring_bits[q, 0, b], obs_bits[q], ok_mask, w)
         nbr = n_before[t, y, x0 : x0 + w]
         bir = before_index[t, y, x0 : x0 + w]
         st = strong[t]
-        n_reset = 0
         for i in range(w):
-            o = ok_mask[i] != 0
+            o = vmt[i] != 0
             nbr[i] = rc[i] if o else F0
             bir[i] = np.int16(pidx[i]) if o else np.int16(-1)
             r = F0 if st[i] else rc[i]
             r = min(r + F1, fwin)
             rc[i] = r if o else rc[i]
             pidx[i] = np.int32(t) if o else pidx[i]
-            reset = o & st[i]
-            drop[i] = -np.int32(reset)
-            n_reset += 1 if reset else 0
-        if n_reset > 0:
-            _drop_from(ring_bits, 1, drop, w)
+            count[i] -= vmt[i]
     for i in range(w):
         rc[i] = F0
-    ring[:, :, :, :w] = F0
     for t in range(t_len - 1, -1, -1):
-        tt = t_units[t]
-        okr = valid[t, y, x0 : x0 + w]
+        vmt = vm[t]
+        cvt = cv[t]
         for i in range(w):
-            o = okr[i]
-            ok_mask[i] = -np.int32(o)
             r = min(rc[i] + F1, fwin)
-            rc[i] = r if o else rc[i]
+            rc[i] = r if vmt[i] != 0 else rc[i]
+            bound[i] = cvt[i] + np.int32(rc[i]) - np.int32(1)
+        last = _window_masks(cv, vm, bound, t, 1, inc, w)
         for b in range(n_bands):
-            zr = z[t, b, y, x0 : x0 + w]
-            vr = var[t, b, y, x0 : x0 + w]
-            slr = slope[b, y, x0 : x0 + w]
             svr = slope_var[b, y, x0 : x0 + w]
-            for j in range(window - 1, 0, -1):
-                for q in range(3):
-                    _merge(ring_bits[q, j, b], ring_bits[q, j - 1, b], ok_mask, w)
-            for i in range(w):
-                zs = zr[i] - slr[i] * tt
-                wv = F1 / vr[i]
-                obs[0, i] = wv
-                obs[1, i] = zs * wv
-                obs[2, i] = wv * tt
-                acc[0, i] = F0
-                acc[1, i] = F0
-                acc[2, i] = F0
-            for q in range(3):
-                _merge(ring_bits[q, 0, b], obs_bits[q], ok_mask, w)
-            _window_sums(ring, b, acc, w)
+            _window_sums(terms, inc, b, t, last, 1, acc, w)
             mbr = mean_before[t, b, y, x0 : x0 + w]
             mar = mean_after[t, b, y, x0 : x0 + w]
             for i in range(w):
@@ -536,25 +546,19 @@ def _change_pass(  # type: ignore[no-untyped-def]
                 d = ma - mbr[i]
                 term = d * d / v
                 cur[i] = term if b == 0 else cur[i] + term
-                mar[i] = ma if ok_mask[i] != 0 else NAN32
+                mar[i] = ma if vmt[i] != 0 else NAN32
         scr = score[t, y, x0 : x0 + w]
         nbr = n_before[t, y, x0 : x0 + w]
         nar = n_after[t, y, x0 : x0 + w]
-        n_reset = 0
         bir = before_index[t, y, x0 : x0 + w]
         st = strong[t]
         for i in range(w):
-            o = ok_mask[i] != 0
+            o = vmt[i] != 0
             na = rc[i]
             good = o & (bir[i] >= 0) & (nbr[i] > F0) & (na > F0)
             scr[i] = cur[i] if good else NAN32
             nar[i] = na if o else F0
-            reset = o & st[i]
-            rc[i] = F0 if reset else rc[i]
-            drop[i] = -np.int32(reset)
-            n_reset += 1 if reset else 0
-        if n_reset > 0:
-            _drop_from(ring_bits, 0, drop, w)
+            rc[i] = F0 if o & st[i] else rc[i]
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -583,16 +587,18 @@ def change_rows(  # type: ignore[no-untyped-def]
     t_len, n_bands, _, nx = z.shape
     L = TILE
     LP = L + PAD
-    ring = np.zeros((3, window, n_bands, LP), np.float32)
+    terms = np.zeros((3, t_len, n_bands, LP), np.float32)
+    vm = np.zeros((t_len, LP), np.int32)
+    cv = np.zeros((t_len, LP), np.int32)
+    inc = np.zeros((t_len, LP), np.int32)
+    bound = np.zeros(LP, np.int32)
+    count = np.zeros(LP, np.int32)
     rc = np.zeros(L, np.float32)
     pidx = np.zeros(L, np.int32)
     tbw = np.empty((t_len, n_bands, LP), np.float32)
     iwb = np.empty((t_len, n_bands, LP), np.float32)
     cur = np.empty(LP, np.float32)
-    obs = np.empty((3, LP), np.float32)
     acc = np.empty((3, LP), np.float32)
-    drop = np.empty(L, np.int32)
-    ok_mask = np.empty(L, np.int32)
     strong = np.zeros((t_len, L), np.bool_)
     busy = np.empty(nx, np.int64)
     hit = np.zeros(L, np.bool_)
@@ -628,16 +634,18 @@ def change_rows(  # type: ignore[no-untyped-def]
                 y,
                 x0,
                 w,
-                ring,
+                terms,
+                vm,
+                cv,
+                inc,
+                bound,
+                count,
                 rc,
                 pidx,
                 tbw,
                 iwb,
                 cur,
-                obs,
                 acc,
-                drop,
-                ok_mask,
                 score,
                 n_before,
                 n_after,
@@ -696,16 +704,18 @@ def change_rows(  # type: ignore[no-untyped-def]
                     origin,
                     origin,
                     w,
-                    ring,
+                    terms,
+                    vm,
+                    cv,
+                    inc,
+                    bound,
+                    count,
                     rc,
                     pidx,
                     tbw,
                     iwb,
                     cur,
-                    obs,
                     acc,
-                    drop,
-                    ok_mask,
                     g_score,
                     g_nb,
                     g_na,

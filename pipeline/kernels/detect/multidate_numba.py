@@ -370,10 +370,14 @@ def excursion_rows(z, valid, var, with_base, stat, two, base, r0, r1):  # type: 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _window_masks(cv, vm, bound, t_from, step, inc, w):  # type: ignore[no-untyped-def]
-    """Rows of ``inc`` (int32 masks) from date ``t_from`` on, by ``step`` (-1: back, +1: on),
-    until no lane reaches: a date is in a lane's window where it is valid (``vm``) and its
-    count of earlier valid dates ``cv`` is at least (``step`` -1) or at most (+1) the lane's
-    ``bound``. Returns the last date with a row (``t_from - step``: none)."""
+    """Mark the window dates of every lane: rows of ``inc`` (int32 masks, -1 in the window)
+    from date ``t_from`` outward, by ``step`` (-1: back in time, +1: forward).
+
+    A date is in a lane's window where it is valid (``vm``) and its count of earlier valid
+    dates (``cv``) is at least (``step`` -1) or at most (``step`` +1) the lane's ``bound``.
+    ``cv`` only moves away from the bounds further out, so the walk stops at the first date
+    no lane's bound reaches. Returns the last date marked (``t_from - step``: none).
+    """
     t_len = cv.shape[0]
     d = t_from
     while 0 <= d < t_len:

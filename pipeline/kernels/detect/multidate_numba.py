@@ -448,18 +448,7 @@ def _change_pass(  # type: ignore[no-untyped-def]
     y,
     x0,
     w,
-    terms,
-    vm,
-    cv,
-    inc,
-    bound,
-    count,
-    rc,
-    pidx,
-    tbw,
-    iwb,
-    cur,
-    acc,
+    scratch,
     score,
     n_before,
     n_after,
@@ -470,14 +459,16 @@ def _change_pass(  # type: ignore[no-untyped-def]
     """Step statistic of every break of lanes ``x0:x0 + w`` of row ``y`` (``_step_pass`` of the
     numpy path, windows bounded by ``strong`` (T, lanes)); writes the six outputs.
 
-    ``terms`` (3, T, B, lanes): each date's weight, weighted value and weighted time (written
-    by the forward pass, read by both). ``vm`` (T, lanes): validity as int32 masks; ``cv`` (T,
-    lanes): valid dates before each date. A window is the ``rc`` (float32 count) valid
-    observations nearest to the break on its side: those whose ``cv`` lies within ``bound``
-    of the break's, marked in ``inc`` (T, lanes). ``pidx`` (int32): date of the last valid
-    observation; ``count`` (int32): valid dates so far; ``cur`` (lanes): the statistic
-    summed over bands.
+    ``scratch``: the tile's arrays ``(terms, vm, cv, inc, bound, count, rc, pidx, tbw, iwb,
+    cur, acc)``. ``terms`` (3, T, B, lanes): each date's weight, weighted value and weighted
+    time (written by the forward pass, read by both). ``vm`` (T, lanes): validity as int32
+    masks; ``cv`` (T, lanes): valid dates before each date. A window is the ``rc`` (float32
+    count) valid observations nearest to the break on its side: those whose ``cv`` lies
+    within ``bound`` of the break's, marked in ``inc`` (T, lanes). ``pidx`` (int32): date of
+    the last valid observation; ``count`` (int32): valid dates so far; ``cur`` (lanes): the
+    statistic summed over bands.
     """
+    terms, vm, cv, inc, bound, count, rc, pidx, tbw, iwb, cur, acc = scratch
     t_len, n_bands = z.shape[0], z.shape[1]
     fwin = np.float32(window)
     for i in range(w):
@@ -603,6 +594,8 @@ def change_rows(  # type: ignore[no-untyped-def]
     iwb = np.empty((t_len, n_bands, LP), np.float32)
     cur = np.empty(LP, np.float32)
     acc = np.empty((3, LP), np.float32)
+    # the pass's scratch, one tuple for both of its calls
+    scratch = (terms, vm, cv, inc, bound, count, rc, pidx, tbw, iwb, cur, acc)
     strong = np.zeros((t_len, L), np.bool_)
     busy = np.empty(nx, np.int64)
     hit = np.zeros(L, np.bool_)
@@ -638,18 +631,7 @@ def change_rows(  # type: ignore[no-untyped-def]
                 y,
                 x0,
                 w,
-                terms,
-                vm,
-                cv,
-                inc,
-                bound,
-                count,
-                rc,
-                pidx,
-                tbw,
-                iwb,
-                cur,
-                acc,
+                scratch,
                 score,
                 n_before,
                 n_after,
@@ -708,18 +690,7 @@ def change_rows(  # type: ignore[no-untyped-def]
                     origin,
                     origin,
                     w,
-                    terms,
-                    vm,
-                    cv,
-                    inc,
-                    bound,
-                    count,
-                    rc,
-                    pidx,
-                    tbw,
-                    iwb,
-                    cur,
-                    acc,
+                    scratch,
                     g_score,
                     g_nb,
                     g_na,
